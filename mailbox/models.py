@@ -1,0 +1,272 @@
+"""The wire models: one pydantic model per kind of object in the bucket.
+
+Every model has a ``schema_version`` "MAJOR.MINOR". A reader accepts its own major version
+only (an unknown major is a clear ProtocolError); fields added by a newer minor version are
+dropped, while an unknown field in a same-or-older minor version is an error, so typos and
+tampering are caught but rolling upgrades work. Every kind has a size limit, checked before
+anything is parsed.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_mailbox.mailbox.errors import ProtocolError
+from edge_mailbox.mailbox.layout import MAX_QUEUE_NAME, MAX_WORKER_NAME
+
+M = TypeVar("M", bound="WireModel")
+_VERSION = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
+JOB_ID = r"^[0-9a-f]{28}$"
+KiB = 1024
+
+
+class WireModel(BaseModel):
+    """Base of every object kind: versioned, strict, size-limited."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    KIND: ClassVar[str]
+    SCHEMA_MAJOR: ClassVar[int] = 1
+    SCHEMA_MINOR: ClassVar[int] = 0
+    MAX_BYTES: ClassVar[int] = 64 * KiB
+
+    schema_version: str = "1.0"
+
+    def __init__(self, **data: Any) -> None:
+        data.setdefault("schema_version", f"{self.SCHEMA_MAJOR}.{self.SCHEMA_MINOR}")
+        super().__init__(**data)
+
+    @classmethod
+    def from_dict(cls: type[M], data: Any, *, key: str | None = None) -> M:
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{cls.KIND}: expected a JSON object", key=key)
+        version = data.get("schema_version")
+        match = _VERSION.match(version) if isinstance(version, str) else None
+        if not match:
+            raise ProtocolError(f"{cls.KIND}: missing or malformed schema_version", key=key)
+        major, minor = int(match.group(1)), int(match.group(2))
+        if major != cls.SCHEMA_MAJOR:
+            raise ProtocolError(
+                f"{cls.KIND}: schema version {version} is not supported "
+                f"(this edge-mailbox reads {cls.SCHEMA_MAJOR}.x)",
+                key=key,
+            )
+        if minor > cls.SCHEMA_MINOR:
+            data = {k: v for k, v in data.items() if k in cls.model_fields}
+        try:
+            # JSON-mode validation: strict types, but enums and numbers as JSON spells them.
+            return cls.model_validate_json(json.dumps(data))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(object)'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            raise ProtocolError(f"{cls.KIND}: invalid ({problems})", key=key) from None
+
+    @classmethod
+    def from_json(cls: type[M], raw: bytes | str, *, key: str | None = None) -> M:
+        size = len(raw)
+        if size > cls.MAX_BYTES:
+            raise ProtocolError(f"{cls.KIND}: {size} bytes, limit {cls.MAX_BYTES}", key=key)
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ProtocolError(f"{cls.KIND}: not JSON ({exc})", key=key) from None
+        return cls.from_dict(data, key=key)
+
+    def to_json(self) -> bytes:
+        raw = self.model_dump_json().encode()
+        if len(raw) > self.MAX_BYTES:
+            raise ProtocolError(f"{self.KIND}: {len(raw)} bytes, limit {self.MAX_BYTES}")
+        return raw
+
+
+class JobManifest(WireModel):
+    """What a worker needs to run one enqueue of a task instance. Never the token."""
+
+    KIND = "job"
+    MAX_BYTES = 256 * KiB
+
+    job_id: str = Field(pattern=JOB_ID)
+    queue: str = Field(min_length=1, max_length=MAX_QUEUE_NAME)
+    enqueued_at: float
+    ti: dict[str, Any]
+    dag_rel_path: str = Field(min_length=1, max_length=4096)
+    bundle_info: dict[str, Any]
+    log_path: str | None = Field(default=None, max_length=4096)
+    pool_slots: int = Field(default=1, ge=1, le=10_000)
+    priority: int = 1
+    seal_key: str = Field(min_length=43, max_length=43, description="scheduler's per-job X25519")
+    scheduler_version: str = Field(max_length=64)
+
+
+class QueueMarker(WireModel):
+    """A per-queue change marker: rewritten (with a fresh nonce) whenever jobs are added.
+
+    Unsigned on purpose: it carries no authority, it only tells idle workers when a LIST of
+    the queue is worth its price. A forged marker costs a worker one LIST, nothing more.
+    """
+
+    KIND = "marker"
+    MAX_BYTES = 4 * KiB
+
+    queue: str = Field(min_length=1, max_length=MAX_QUEUE_NAME)
+    updated_at: float
+    nonce: str = Field(min_length=8, max_length=64)
+
+
+class Claim(WireModel):
+    """A worker's claim of a job: created with If-None-Match, so exactly one exists."""
+
+    KIND = "claim"
+    MAX_BYTES = 16 * KiB
+
+    job_id: str = Field(pattern=JOB_ID)
+    queue: str = Field(min_length=1, max_length=MAX_QUEUE_NAME)
+    worker: str = Field(min_length=1, max_length=MAX_WORKER_NAME)
+    seal_key: str = Field(min_length=43, max_length=43, description="worker's per-job X25519")
+    claimed_at: float
+    nonce: str = Field(min_length=8, max_length=64)
+    worker_version: str = Field(max_length=64)
+
+
+class RelayCall(WireModel):
+    """Plaintext of a relay request: one Execution API call. Travels only sealed."""
+
+    KIND = "relay-call"
+    MAX_BYTES = 32 * 1024 * KiB
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
+    path: str = Field(min_length=1, max_length=8192)
+    query: str = Field(default="", max_length=8192)
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str = Field(default="", description="base64url")
+
+
+class RelayAnswer(WireModel):
+    """Plaintext of a relay response. Travels only sealed; never holds a token."""
+
+    KIND = "relay-answer"
+    MAX_BYTES = 32 * 1024 * KiB
+
+    status: int = Field(ge=100, le=599)
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str = Field(default="", description="base64url")
+
+
+class RelayRequest(WireModel):
+    """A worker's Execution API call, sealed to the scheduler side's per-job key."""
+
+    KIND = "relay-request"
+    MAX_BYTES = 48 * 1024 * KiB
+
+    job_id: str = Field(pattern=JOB_ID)
+    request_id: str = Field(pattern=JOB_ID)
+    sent_at: float
+    sealed: str
+
+
+class RelayResponse(WireModel):
+    """The scheduler side's answer, sealed to the claiming worker's per-job key."""
+
+    KIND = "relay-response"
+    MAX_BYTES = 48 * 1024 * KiB
+
+    job_id: str = Field(pattern=JOB_ID)
+    request_id: str = Field(pattern=JOB_ID)
+    answered_at: float
+    sealed: str
+
+
+class JobState(str, enum.Enum):
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+class JobResult(WireModel):
+    """How the task's supervisor ended on the worker."""
+
+    KIND = "result"
+    MAX_BYTES = 16 * KiB
+
+    job_id: str = Field(pattern=JOB_ID)
+    worker: str = Field(min_length=1, max_length=MAX_WORKER_NAME)
+    state: JobState = Field(strict=False)
+    exit_code: int | None = None
+    started_at: float
+    finished_at: float
+    message: str = Field(default="", max_length=4096)
+    log_chunks: int = Field(default=0, ge=0)
+
+
+class WorkerState(str, enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    RUNNING = "running"
+    MAINTENANCE_PENDING = "maintenance pending"
+    MAINTENANCE = "maintenance"
+    STOPPING = "stopping"
+    OFFLINE = "offline"
+
+
+class Heartbeat(WireModel):
+    """A worker's liveness and state; LastModified of the object is the liveness clock."""
+
+    KIND = "heartbeat"
+    MAX_BYTES = 64 * KiB
+
+    worker: str = Field(min_length=1, max_length=MAX_WORKER_NAME)
+    state: WorkerState = Field(strict=False)
+    queues: list[str] = Field(max_length=256)
+    concurrency: int = Field(ge=1)
+    free_slots: int = Field(ge=0)
+    running_jobs: list[str] = Field(default_factory=list, max_length=10_000)
+    version: str = Field(max_length=64)
+    maintenance_comment: str = Field(default="", max_length=1024)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    sent_at: float
+
+
+class WorkerCommand(WireModel):
+    """Orders to one worker, signed by the scheduler side; ``seq`` only grows."""
+
+    KIND = "command"
+    MAX_BYTES = 16 * KiB
+
+    worker: str = Field(min_length=1, max_length=MAX_WORKER_NAME)
+    seq: int = Field(ge=0)
+    maintenance: bool = False
+    comment: str = Field(default="", max_length=1024)
+    shutdown: bool = False
+    issued_at: float
+
+
+class Revocation(WireModel):
+    """The scheduler side withdraws a job: not to be started, and killed if running."""
+
+    KIND = "revocation"
+    MAX_BYTES = 4 * KiB
+
+    job_id: str = Field(pattern=JOB_ID)
+    reason: str = Field(max_length=1024)
+    revoked_at: float
+
+
+ALL_KINDS: tuple[type[WireModel], ...] = (
+    JobManifest,
+    QueueMarker,
+    Claim,
+    RelayCall,
+    RelayAnswer,
+    RelayRequest,
+    RelayResponse,
+    JobResult,
+    Heartbeat,
+    WorkerCommand,
+    Revocation,
+)
