@@ -124,9 +124,8 @@ class DevStore:
             try:
                 urllib.request.urlopen(f"{self.endpoint_url}/{self.bucket}", timeout=1)
             except urllib.error.HTTPError as exc:
-                if exc.code in (403, 200):
-                    if self._bucket_ready():
-                        return
+                if exc.code in (403, 200) and self._bucket_ready():
+                    return
             except OSError:
                 pass
             time.sleep(0.1)

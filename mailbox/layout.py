@@ -43,6 +43,10 @@ def encode_name(name: str, *, kind: str = "queue", limit: int = MAX_QUEUE_NAME) 
         raise ValueError(f"{kind} name is {len(name)} characters; the limit is {limit}")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise ValueError(f"{kind} name {name!r} contains control characters")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{kind} name {name!r} is not valid Unicode text") from None
     out = []
     for char in name:
         if _PLAIN.fullmatch(char):

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from tenacity import (
     RetryCallState,
@@ -168,7 +168,9 @@ class ObjectStore:
                 raise _Transient(ConditionalConflict(f"{kind}: {code}", key=key)) from err
             raise
         except (BotoConnectionError, BotoCoreError) as err:
-            if isinstance(err, BotoConnectionError) or "timeout" in type(err).__name__.lower():
+            # Connection refused/reset, timeouts, a connection closed before the answer: the
+            # request may or may not have been applied, and is worth another attempt.
+            if isinstance(err, (BotoConnectionError, HTTPClientError)):
                 raise _Transient(err) from err
             raise StoreError(f"{kind} failed: {err}", key=key) from err
 
