@@ -1,10 +1,90 @@
-"""Airflow provider metadata: found through the ``apache_airflow_provider`` entry point."""
+"""Airflow provider metadata, found through the ``apache_airflow_provider`` entry point.
+
+The ``config`` key documents every [edge_mailbox] option with its default; Airflow serves
+these defaults to ``conf.get`` and honours AIRFLOW__EDGE_MAILBOX__* overrides.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from edge_mailbox import __version__
+
+
+def _option(description: str, default: str | None, example: str | None = None, **extra: Any):
+    return {
+        "description": description,
+        "version_added": None,
+        "type": extra.pop("type", "string"),
+        "example": example,
+        "default": default,
+        **extra,
+    }
+
+
+CONFIG: dict[str, Any] = {
+    "edge_mailbox": {
+        "description": "MailboxExecutor: edge workers reach only an S3-compatible bucket.",
+        "options": {
+            "bucket": _option(
+                "The bucket shared by the scheduler side and the workers.", None, "airflow-edge"
+            ),
+            "prefix": _option(
+                "Key prefix inside the bucket; all objects live under PREFIX/v1/.", "edge-mailbox"
+            ),
+            "endpoint_url": _option(
+                "S3 endpoint for MinIO, SeaweedFS, ...; empty for AWS S3.", "", "http://minio:9000"
+            ),
+            "region": _option(
+                "Region of the bucket; empty uses the AWS default chain.", "", "eu-central-1"
+            ),
+            "aws_access_key_id": _option(
+                "Access key; empty uses the standard AWS credential chain.", "", sensitive=True
+            ),
+            "aws_secret_access_key": _option(
+                "Secret key; empty uses the standard AWS credential chain.", "", sensitive=True
+            ),
+            "proxy": _option(
+                "HTTP(S) proxy URL for bucket requests; empty uses HTTPS_PROXY.",
+                "",
+                "http://proxy:3128",
+            ),
+            "addressing_style": _option(
+                "S3 addressing style: auto, path or virtual.", "auto", "path"
+            ),
+            "signing_key_path": _option(
+                "The scheduler's Ed25519 private key (PEM) that signs manifests.",
+                None,
+                "/etc/airflow/edge-mailbox.pem",
+            ),
+            "worker_public_keys": _option(
+                "Comma-separated worker public key files (or folders of .pub files) to trust.",
+                None,
+                "/etc/airflow/workers/",
+            ),
+            "manifest_ttl": _option(
+                "Seconds a job manifest stays valid for a worker to claim.", "3600", type="float"
+            ),
+            "poll_interval_min": _option(
+                "Fastest reconciler poll of the inbox (seconds), right after activity.",
+                "0.05",
+                type="float",
+            ),
+            "poll_interval_active": _option(
+                "Slowest inbox poll while jobs are queued or running.", "1.0", type="float"
+            ),
+            "poll_interval_idle": _option(
+                "Inbox poll when no job is outstanding.", "10", type="float"
+            ),
+            "relay_threads": _option(
+                "Threads replaying relayed Execution API calls in parallel.", "8", type="integer"
+            ),
+            "execution_api_timeout": _option(
+                "Timeout (s) of one replayed Execution API call.", "30", type="float"
+            ),
+        },
+    }
+}
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -14,4 +94,5 @@ def get_provider_info() -> dict[str, Any]:
         "description": "Run Airflow tasks on edge workers that reach only an S3-compatible bucket.",
         "versions": [__version__],
         "executors": ["edge_mailbox.executor.MailboxExecutor"],
+        "config": CONFIG,
     }

@@ -121,10 +121,15 @@ class QueueMarker(WireModel):
 
 
 class Claim(WireModel):
-    """A worker's claim of a job: created with If-None-Match, so exactly one exists."""
+    """A worker's claim of a job: created with If-None-Match, so exactly one exists.
+
+    It embeds the scheduler-signed manifest it claims, so the scheduler side can rebuild
+    everything about the job from the claim alone (after a restart, the queue entry gone)
+    without trusting anything the worker says about which task instance it runs.
+    """
 
     KIND = "claim"
-    MAX_BYTES = 16 * KiB
+    MAX_BYTES = 640 * KiB
 
     job_id: str = Field(pattern=JOB_ID)
     queue: str = Field(min_length=1, max_length=MAX_QUEUE_NAME)
@@ -133,6 +138,7 @@ class Claim(WireModel):
     claimed_at: float
     nonce: str = Field(min_length=8, max_length=64)
     worker_version: str = Field(max_length=64)
+    manifest: str = Field(min_length=1, max_length=600 * KiB)
 
 
 class RelayCall(WireModel):

@@ -47,6 +47,18 @@ class SealKey:
         ).derive(seed)
         return cls(X25519PrivateKey.from_private_bytes(okm))
 
+    def private_bytes(self) -> bytes:
+        """Raw private key, to hand to the one process that runs the job (never to disk)."""
+        return self.key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> SealKey:
+        return cls(X25519PrivateKey.from_private_bytes(raw))
+
     @property
     def public(self) -> str:
         """The public half as unpadded base64url, the form that travels in signed objects."""

@@ -20,6 +20,7 @@ def claim_dict(**changes) -> dict:
         claimed_at=1.5,
         nonce="0123456789abcdef",
         worker_version="0.1.0",
+        manifest="header.payload.signature",
     ).model_dump(mode="json")
     data.update(changes)
     return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -11,7 +12,6 @@ from edge_mailbox.signer import KeyFileError, SigningKey
 
 COMING = """\
 coming next:
-  (default)    run the worker: claim jobs from --queues in --bucket, run them with the Task SDK
   stop         graceful stop: finish running tasks, take no new ones
   maintenance  on --comment "..." [--wait] | off
   status       JSON with state, queues, slots and running jobs
@@ -30,14 +30,53 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from edge_mailbox.worker.settings import WorkerConfigError, resolve
+    from edge_mailbox.worker.worker import Worker, check_airflow_config
+
+    base_log_folder = check_airflow_config()
+    from airflow.configuration import conf
+
+    try:
+        settings = resolve(args, conf)
+    except WorkerConfigError as exc:
+        print(f"edge-mailbox-worker: {exc}", file=sys.stderr)
+        return 2
+    return Worker(settings, base_log_folder).run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-mailbox-worker",
-        description="An Airflow edge worker that reaches nothing but an S3-compatible bucket.",
+        description="An Airflow edge worker that reaches nothing but an S3-compatible bucket. "
+        "Without a command it runs the worker; flags override [edge_mailbox] in airflow.cfg.",
         epilog=COMING,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edge-mailbox {__version__}")
+    parser.add_argument("--bucket", help="the shared bucket ([edge_mailbox] bucket)")
+    parser.add_argument("--prefix", help="key prefix in the bucket (default edge-mailbox)")
+    parser.add_argument("--endpoint-url", dest="endpoint_url", help="S3 endpoint (MinIO, ...)")
+    parser.add_argument("--region", help="bucket region")
+    parser.add_argument("--proxy", help="HTTP(S) proxy for the bucket")
+    parser.add_argument(
+        "--addressing-style", dest="addressing_style", choices=["auto", "path", "virtual"]
+    )
+    parser.add_argument(
+        "--queues", help="comma-separated queues to take jobs from (default: default)"
+    )
+    parser.add_argument("--concurrency", help="slots: tasks take pool_slots each (default 8)")
+    parser.add_argument("--name", help="worker name (default: host name)")
+    parser.add_argument("--key", help="this worker's private key (default worker.pem)")
+    parser.add_argument(
+        "--scheduler-key", dest="scheduler_key", help="scheduler public key file(s) to trust"
+    )
+    parser.set_defaults(func=_run)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     keygen = sub.add_parser("keygen", help="write this worker's Ed25519 key pair")
     keygen.add_argument("output", type=Path, nargs="?", default=Path("worker.pem"))
@@ -47,11 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return 0
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 

@@ -1,0 +1,175 @@
+"""MailboxExecutor: Airflow's side of edge-mailbox.
+
+``[core] executor = edge_mailbox.executor.MailboxExecutor`` (alone or beside others; tasks
+then choose it with ``executor="MailboxExecutor"``). Each ExecuteTask workload becomes a
+signed manifest in its queue's folder of the bucket; the token stays here. The reconciler
+thread turns claims and results into task states and serves the relay.
+
+The api-server also instantiates executors (to read logs), so nothing but attribute set-up
+happens in ``__init__``: configuration checks, threads and connections belong to ``start()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from airflow.executors.base_executor import BaseExecutor, get_execution_api_server_url
+
+from edge_mailbox import __version__
+from edge_mailbox.executor.reconciler import Event, Job, Reconciler
+from edge_mailbox.executor.settings import ExecutorSettings, load_settings
+from edge_mailbox.mailbox.layout import new_id
+from edge_mailbox.mailbox.models import JobManifest
+from edge_mailbox.mailbox.protocol import Mailbox
+from edge_mailbox.mailbox.store import ObjectStore
+from edge_mailbox.signer import SealKey
+
+if TYPE_CHECKING:
+    from airflow.executors.workloads import ExecuteTask
+    from airflow.models.taskinstancekey import TaskInstanceKey
+
+log = logging.getLogger(__name__)
+
+
+class MailboxExecutor(BaseExecutor):
+    """Runs tasks on edge workers that reach only an S3-compatible bucket."""
+
+    supports_ad_hoc_ti_run = True
+    is_local = False
+    is_production = True
+    serve_logs = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings: ExecutorSettings | None = None
+        self.mailbox: Mailbox | None = None
+        self.reconciler: Reconciler | None = None
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._keys_by_job: dict[str, TaskInstanceKey] = {}
+        self._writer: ThreadPoolExecutor | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from airflow.configuration import conf
+
+        self.settings = load_settings(conf, get_execution_api_server_url(self.conf))
+        store = ObjectStore(self.settings.store)
+        self.mailbox = Mailbox(store)
+        self._writer = ThreadPoolExecutor(8, thread_name_prefix="mailbox-enqueue")
+        self.reconciler = Reconciler(self.mailbox, self.settings, self._mint_token, self._events)
+        self.reconciler.start()
+        log.info(
+            "MailboxExecutor started: bucket %s, prefix %s, %d trusted worker keys",
+            self.settings.store.bucket,
+            self.settings.store.prefix,
+            len(self.settings.worker_keys),
+        )
+
+    def end(self) -> None:
+        if self.reconciler:
+            self.sync()
+            self.reconciler.stop()
+        if self._writer:
+            self._writer.shutdown(wait=True)
+
+    def terminate(self) -> None:
+        self.end()
+
+    def _mint_token(self, ti_id: str, scope: str) -> str:
+        if scope == "workload":
+            from airflow.configuration import conf
+
+            valid_for = conf.getfloat("scheduler", "task_queued_timeout")
+            return self.jwt_generator.generate(
+                extras={"sub": ti_id, "scope": "workload"}, valid_for=valid_for
+            )
+        return self.jwt_generator.generate(extras={"sub": ti_id, "scope": "execution"})
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    def _process_workloads(self, workloads: Sequence[Any]) -> None:
+        from airflow.executors.workloads import ExecuteTask
+
+        assert self.mailbox and self.settings and self.reconciler and self._writer
+        tasks = [w for w in workloads if isinstance(w, ExecuteTask)]
+        for other in workloads:
+            if not isinstance(other, ExecuteTask):
+                raise NotImplementedError(f"MailboxExecutor cannot run {type(other).__name__} yet")
+        futures = [(w, self._writer.submit(self._enqueue, w)) for w in tasks]
+        queues: set[str] = set()
+        for workload, future in futures:
+            key = workload.ti.key
+            self.queued_tasks.pop(key, None)
+            try:
+                job = future.result()
+            except Exception as exc:
+                log.error("MailboxExecutor: could not enqueue %s: %s", key, exc)
+                self.fail(key, f"edge-mailbox: could not write the job to the bucket: {exc}")
+                continue
+            self._keys_by_job[job.job_id] = key
+            self.running.add(key)
+            self.reconciler.track(job)
+            queues.add(job.queue)
+        for name in queues:
+            try:
+                self.mailbox.bump_marker(name)
+            except Exception as exc:  # workers still find the job on their next full LIST
+                log.warning("MailboxExecutor: could not bump the marker of queue %s: %s", name, exc)
+
+    def _enqueue(self, workload: ExecuteTask) -> Job:
+        assert self.mailbox and self.settings
+        ti = workload.ti
+        job_id = new_id()
+        queue_name = ti.queue or "default"
+        manifest = JobManifest(
+            job_id=job_id,
+            queue=queue_name,
+            enqueued_at=time.time(),
+            ti=ti.model_dump(mode="json"),
+            dag_rel_path=str(workload.dag_rel_path),
+            bundle_info=workload.bundle_info.model_dump(mode="json"),
+            log_path=workload.log_path,
+            pool_slots=int(getattr(ti, "pool_slots", 1) or 1),
+            priority=int(getattr(ti, "priority_weight", 1) or 1),
+            seal_key=SealKey.derive(self.settings.signing_key.seed(), job_id).public,
+            scheduler_version=__version__,
+        )
+        manifest_key = self.mailbox.put_manifest(
+            manifest, self.settings.signing_key, self.settings.manifest_ttl
+        )
+        return Job(
+            job_id=job_id,
+            ti_id=str(ti.id),
+            queue=queue_name,
+            manifest_key=manifest_key,
+            ti_key=ti.key,
+        )
+
+    # -- state -------------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        while True:
+            try:
+                kind, job_id, info = self._events.get_nowait()
+            except queue.Empty:
+                return
+            key = self._keys_by_job.get(job_id)
+            if key is None and self.reconciler:
+                job = self.reconciler.jobs.get(job_id)
+                key = job.ti_key if job else None
+            if key is None:
+                continue
+            if kind == "running":
+                self.running_state(key, info)
+            elif kind == "success":
+                self.success(key, info)
+                self._keys_by_job.pop(job_id, None)
+            else:
+                self.fail(key, info)
+                self._keys_by_job.pop(job_id, None)

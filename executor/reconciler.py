@@ -1,0 +1,352 @@
+"""The scheduler side's reader of the bucket: claims, relay requests and results.
+
+It runs in a thread of the scheduler process and never blocks the scheduler loop: what it
+learns goes to the executor as events through a queue, which ``sync()`` drains. One LIST of
+the inbox per poll finds every pending item; the poll is fast right after activity and slows
+down when nothing happens, down to a slow idle rate when no job is outstanding.
+
+Trust: a claim must be signed by a trusted worker key and embed a manifest signed by us for
+the same job; every later request or result for that job must be signed by the same worker
+key that holds the claim. Anything else is logged with its reason, removed, and ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_mailbox.executor.relay import ExecutionApi, is_run_call, route_allowed
+from edge_mailbox.executor.settings import ExecutorSettings
+from edge_mailbox.mailbox.codec import Signed
+from edge_mailbox.mailbox.errors import AlreadyExists, NotFound, ProtocolError, StoreError
+from edge_mailbox.mailbox.models import Claim, JobManifest, JobState
+from edge_mailbox.mailbox.protocol import Mailbox
+from edge_mailbox.mailbox.relaycodec import error_answer, open_call, seal_answer
+from edge_mailbox.signer import KeyRing, SealError, SealKey, VerificationError
+
+log = logging.getLogger(__name__)
+
+# (kind, job_id, info): kind is "running", "success" or "failed"; the executor maps job ids
+# to task-instance keys.
+Event = tuple[str, str, Any]
+TokenMinter = Callable[[str, str], str]  # (ti_id, scope) -> JWT
+
+
+@dataclass
+class Job:
+    """What the scheduler side knows of one enqueue."""
+
+    job_id: str
+    ti_id: str
+    queue: str
+    manifest_key: str | None = None
+    ti_key: Any = None
+    token: str | None = None
+    claim: Signed[Claim] | None = None
+    finished: bool = False
+    # Rebuilt from the bucket after a scheduler restart: answers given before it are not in
+    # memory, so a request is checked against the bucket before it is replayed.
+    rebuilt: bool = False
+    answered: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        mailbox: Mailbox,
+        settings: ExecutorSettings,
+        mint_token: TokenMinter,
+        events: queue.Queue[Event],
+    ) -> None:
+        self.mailbox = mailbox
+        self.settings = settings
+        self.mint_token = mint_token
+        self.events = events
+        self.scheduler_keys = KeyRing([settings.signing_key.public])
+        self.jobs: dict[str, Job] = {}
+        self.jobs_lock = threading.Lock()
+        self.api = ExecutionApi(settings.execution_api_url, settings.execution_api_timeout)
+        self.pool = ThreadPoolExecutor(settings.relay_threads, thread_name_prefix="mailbox-relay")
+        self.in_flight: set[str] = set()
+        self.in_flight_lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mailbox-reconciler", daemon=True)
+        self.interval = settings.poll_min
+        self.rejected: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        self.wake.set()
+        self.thread.join(timeout)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.api.close()
+
+    def track(self, job: Job) -> None:
+        """A manifest was written: expect its claim soon, so poll fast."""
+        with self.jobs_lock:
+            self.jobs[job.job_id] = job
+        self.interval = self.settings.poll_min
+        self.wake.set()
+
+    def outstanding(self) -> int:
+        with self.jobs_lock:
+            return sum(1 for j in self.jobs.values() if not j.finished)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                handled = self.poll_once()
+            except StoreError as exc:
+                log.warning("edge-mailbox: bucket unavailable (%s); retrying", exc)
+                handled = 0
+            except Exception:
+                log.exception("edge-mailbox reconciler: unexpected error; continuing")
+                handled = 0
+            if handled:
+                self.interval = self.settings.poll_min
+            else:
+                ceiling = (
+                    self.settings.poll_max_active
+                    if self.outstanding()
+                    else self.settings.poll_max_idle
+                )
+                self.interval = min(self.interval * 1.5, ceiling)
+            self.wake.wait(self.interval)
+            self.wake.clear()
+
+    def poll_once(self) -> int:
+        """One LIST of the inbox (more pages only if over 1,000 items); act on each item."""
+        items: list[tuple[str, str, str, str | None]] = []
+        after = None
+        while True:
+            page = self.mailbox.list_inbox(start_after=after)
+            for entry in page.entries:
+                try:
+                    job_id, kind, request_id = self.mailbox.layout.parse_inbox(entry.key)
+                except ValueError:
+                    self._reject(entry.key, "unknown key in the inbox")
+                    continue
+                items.append((entry.key, job_id, kind, request_id))
+            if not page.truncated:
+                break
+            after = page.last_key
+        order = {"claim": 0, "request": 1, "result": 2}
+        handled = 0
+        for key, job_id, kind, request_id in sorted(items, key=lambda i: order[i[2]]):
+            with self.in_flight_lock:
+                if key in self.in_flight:
+                    continue
+            if kind == "claim":
+                self._on_claim(key, job_id)
+            elif kind == "result":
+                self._on_result(key, job_id)
+            else:
+                assert request_id
+                with self.in_flight_lock:
+                    self.in_flight.add(key)
+                self.pool.submit(self._on_request_safely, key, job_id, request_id)
+            handled += 1
+        return handled
+
+    def _reject(self, key: str, reason: str) -> None:
+        if key not in self.rejected:
+            log.warning("edge-mailbox: ignoring %s: %s", key, reason)
+            self.rejected.add(key)
+        with contextlib.suppress(StoreError):
+            self.mailbox.store.delete(key)
+
+    # -- claims ------------------------------------------------------------------------------
+
+    def _job_from_claim(self, job_id: str) -> Job | None:
+        """The job as the durable claim says, verified; rebuilt after a scheduler restart."""
+        with self.jobs_lock:
+            job = self.jobs.get(job_id)
+        if job and job.claim:
+            return job
+        claim = self.mailbox.read_claim(job_id, self.settings.worker_keys)
+        if claim.model.job_id != job_id:
+            raise ProtocolError(f"claim names job {claim.model.job_id}")
+        manifest = self.mailbox.verify_manifest(
+            claim.model.manifest.encode(), claim.model.queue, job_id, self.scheduler_keys
+        )
+        if job is None:
+            job = Job(
+                job_id=job_id,
+                ti_id=str(manifest.model.ti["id"]),
+                queue=manifest.model.queue,
+                rebuilt=True,
+            )
+            job.ti_key = _ti_key(manifest.model)
+            job.manifest_key = self.mailbox.layout.manifest(
+                manifest.model.queue, job_id, manifest.model.priority, manifest.model.enqueued_at
+            )
+            with self.jobs_lock:
+                self.jobs.setdefault(job_id, job)
+                job = self.jobs[job_id]
+        elif str(manifest.model.ti["id"]) != job.ti_id:
+            raise ProtocolError("the claimed manifest is for another task instance")
+        job.claim = claim
+        return job
+
+    def _on_claim(self, key: str, job_id: str) -> None:
+        try:
+            job = self._job_from_claim(job_id)
+        except NotFound:
+            self._reject(key, "claim notice without a claim")
+            return
+        except (VerificationError, ProtocolError) as exc:
+            self._reject(key, f"claim refused: {exc}")
+            return
+        assert job and job.claim
+        log.info("edge-mailbox: job %s claimed by %s", job_id, job.claim.model.worker)
+        self.events.put(("running", job_id, job.claim.model.worker))
+        if job.manifest_key:
+            self.mailbox.store.delete(job.manifest_key)
+        self.mailbox.store.delete(key)
+
+    # -- results -----------------------------------------------------------------------------
+
+    def _on_result(self, key: str, job_id: str) -> None:
+        try:
+            job = self._job_from_claim(job_id)
+            result = self.mailbox.read_result(job_id, self.settings.worker_keys)
+        except NotFound:
+            self._reject(key, "result notice without a claim or result")
+            return
+        except (VerificationError, ProtocolError) as exc:
+            self._reject(key, f"result refused: {exc}")
+            return
+        assert job and job.claim
+        if result.kid != job.claim.kid:
+            self._reject(
+                key, f"result signed by {result.kid}, not by the claim holder {job.claim.kid}"
+            )
+            return
+        if not job.finished:
+            job.finished = True
+            state = "success" if result.model.state is JobState.SUCCESS else "failed"
+            log.info(
+                "edge-mailbox: job %s finished: %s (exit %s)", job_id, state, result.model.exit_code
+            )
+            self.events.put((state, job_id, result.model.message or None))
+        self.mailbox.store.delete(key)
+
+    # -- relay -------------------------------------------------------------------------------
+
+    def _on_request_safely(self, key: str, job_id: str, request_id: str) -> None:
+        try:
+            self._on_request(key, job_id, request_id)
+        except StoreError as exc:
+            log.warning("edge-mailbox: relay of %s postponed, bucket unavailable: %s", key, exc)
+        except Exception:
+            log.exception("edge-mailbox: relay of %s failed", key)
+        finally:
+            with self.in_flight_lock:
+                self.in_flight.discard(key)
+            self.wake.set()
+
+    def _on_request(self, key: str, job_id: str, request_id: str) -> None:
+        started = time.monotonic()
+        try:
+            job = self._job_from_claim(job_id)
+            request = self.mailbox.read_request(job_id, request_id, self.settings.worker_keys)
+        except NotFound:
+            self._reject(key, "relay request for a job nobody claimed")
+            return
+        except (VerificationError, ProtocolError) as exc:
+            self._reject(key, f"relay request refused: {exc}")
+            return
+        assert job and job.claim
+        if request.kid != job.claim.kid or request.model.job_id != job_id:
+            self._reject(key, f"relay request signed by {request.kid}, not the claim holder")
+            return
+        with job.lock:  # one call at a time per job, in arrival order of the poll
+            if request_id in job.answered or (
+                job.rebuilt and self._answered_before(job_id, request_id)
+            ):
+                self.mailbox.store.delete(key)
+                return
+            seal_key = SealKey.derive(self.settings.signing_key.seed(), job_id)
+            try:
+                call = open_call(
+                    request.model,
+                    seal_key,
+                    self.mailbox.seal_context(job_id, request_id, "request"),
+                )
+            except (SealError, ProtocolError) as exc:
+                self._reject(key, f"relay request cannot be opened: {exc}")
+                return
+            if job.finished:
+                answer = error_answer(409, "the job has already finished")
+            elif not route_allowed(call.method, call.path, job.ti_id):
+                log.warning("edge-mailbox: job %s: refused %s %s", job_id, call.method, call.path)
+                answer = error_answer(403, f"{call.method} {call.path} is not a relayed route")
+            else:
+                if is_run_call(call, job.ti_id):
+                    token = self.mint_token(job.ti_id, "workload")
+                else:
+                    token = job.token or self.mint_token(job.ti_id, "execution")
+                replayed = self.api.replay(call, token)
+                if replayed.refreshed_token:
+                    job.token = replayed.refreshed_token
+                elif is_run_call(call, job.ti_id):
+                    job.token = None
+                answer = replayed.answer
+            response = seal_answer(
+                answer,
+                job.claim.model.seal_key,
+                self.mailbox.seal_context(job_id, request_id, "response"),
+                job_id,
+                request_id,
+            )
+            try:
+                self.mailbox.put_response(response, self.settings.signing_key)
+            except AlreadyExists:
+                log.info("edge-mailbox: %s was already answered", key)
+            job.answered.add(request_id)
+            self.mailbox.store.delete(key)
+        log.debug(
+            "edge-mailbox: relayed %s %s for %s -> %s in %.0f ms",
+            call.method,
+            call.path,
+            job_id,
+            answer.status,
+            (time.monotonic() - started) * 1000,
+        )
+
+    def _answered_before(self, job_id: str, request_id: str) -> bool:
+        """After a restart the memory of answers is gone: the bucket still has them."""
+        try:
+            self.mailbox.store.head(self.mailbox.layout.relay_response(job_id, request_id))
+            return True
+        except NotFound:
+            return False
+
+
+def _ti_key(manifest: JobManifest) -> Any:
+    from airflow.models.taskinstancekey import TaskInstanceKey
+
+    ti = manifest.ti
+    return TaskInstanceKey(
+        dag_id=ti["dag_id"],
+        task_id=ti["task_id"],
+        run_id=ti["run_id"],
+        try_number=int(ti["try_number"]),
+        map_index=int(ti.get("map_index", -1)),
+    )

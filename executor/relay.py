@@ -1,0 +1,103 @@
+"""Replaying relayed calls against Airflow's Execution API, within an allowlist.
+
+A task legitimately calls a known set of Execution API routes. A relayed call outside that
+set is refused here, before it reaches Airflow, and the routes that take a task-instance id
+must name the job's own task instance (the server's ``ti:self`` check still applies too).
+The job's token is added here and never leaves the scheduler side: a refreshed token in the
+``Refreshed-API-Token`` header is kept and stripped from what goes back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import httpx
+
+from edge_mailbox.mailbox.models import RelayAnswer, RelayCall
+from edge_mailbox.mailbox.relaycodec import (
+    REQUEST_HEADERS,
+    RESPONSE_HEADERS,
+    decode_body,
+    encode_body,
+    error_answer,
+    pick,
+)
+
+REFRESH_HEADER = "Refreshed-API-Token"
+_SEG = r"[^/]+"
+# (methods, path pattern); "{ti}" stands for the job's own task-instance id.
+ALLOWED_ROUTES: tuple[tuple[frozenset[str], str], ...] = tuple(
+    (frozenset(methods.split()), pattern)
+    for methods, pattern in (
+        ("PATCH", r"task-instances/{ti}/(run|state|skip-downstream|rendered-map-index)"),
+        ("PUT", r"task-instances/{ti}/(heartbeat|rtif)"),
+        ("GET", r"task-instances/{ti}/(previous-successful-dagrun|validate-inlets-and-outlets)"),
+        ("GET", r"task-instances/(count|states|breadcrumbs)"),
+        ("GET", rf"task-instances/previous/{_SEG}/{_SEG}"),
+        ("GET", r"task-reschedules/{ti}/start_date"),
+        ("GET POST DELETE HEAD", rf"xcoms/{_SEG}/{_SEG}/{_SEG}/{_SEG}"),
+        ("GET", rf"xcoms/{_SEG}/{_SEG}/{_SEG}/{_SEG}/(item/{_SEG}|slice)"),
+        ("GET", r"variables/keys"),
+        ("GET PUT DELETE", rf"variables/{_SEG}"),
+        ("GET", rf"connections/{_SEG}"),
+        ("GET", r"assets/by-(name|uri|alias)"),
+        ("GET", r"asset-events/by-(asset|asset-alias)"),
+        ("GET", rf"dags/{_SEG}"),
+        ("GET", r"dag-runs/(count|previous)"),
+        ("GET POST", rf"dag-runs/{_SEG}/{_SEG}"),
+        ("GET", rf"dag-runs/{_SEG}/{_SEG}/state"),
+        ("POST", rf"dag-runs/{_SEG}/{_SEG}/clear"),
+        ("GET POST PATCH", r"hitlDetails/{ti}"),
+        ("GET PUT DELETE", rf"store/ti/{{ti}}(/{_SEG})?"),
+        ("GET PUT DELETE", r"store/asset/by-(name|uri)/(value|clear)"),
+    )
+)
+
+
+def route_allowed(method: str, path: str, ti_id: str) -> bool:
+    """Is ``method path`` (relative to the Execution API root) a route this job may call?"""
+    if ".." in path.split("/") or path.startswith("/"):
+        return False
+    for methods, pattern in ALLOWED_ROUTES:
+        if method in methods and re.fullmatch(pattern.replace("{ti}", re.escape(ti_id)), path):
+            return True
+    return False
+
+
+def is_run_call(call: RelayCall, ti_id: str) -> bool:
+    return call.method == "PATCH" and call.path == f"task-instances/{ti_id}/run"
+
+
+@dataclass
+class Replayed:
+    answer: RelayAnswer
+    refreshed_token: str | None
+
+
+class ExecutionApi:
+    """An httpx client for the Execution API, shared by the relay threads."""
+
+    def __init__(self, base_url: str, timeout: float) -> None:
+        self.client = httpx.Client(base_url=base_url, timeout=timeout)
+
+    def replay(self, call: RelayCall, token: str) -> Replayed:
+        headers = pick(call.headers, REQUEST_HEADERS)
+        headers["authorization"] = f"Bearer {token}"
+        url = call.path + (f"?{call.query}" if call.query else "")
+        try:
+            response = self.client.request(
+                call.method, url, headers=headers, content=decode_body(call.body) or None
+            )
+        except httpx.HTTPError as exc:
+            # A 5xx makes the Task SDK retry, as it would against an unreachable server.
+            return Replayed(error_answer(502, f"execution API unreachable: {exc}"), None)
+        answer = RelayAnswer(
+            status=response.status_code,
+            headers=pick(dict(response.headers), RESPONSE_HEADERS),
+            body=encode_body(response.content),
+        )
+        return Replayed(answer, response.headers.get(REFRESH_HEADER))
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,179 @@
+"""The protocol over one bucket: each kind of object, where it lives, how it is bound.
+
+Both the executor and the worker speak through this class, so key names, bindings, seal
+contexts and lifetimes exist once. Signed objects are verified against the caller's key
+ring before their body is looked at; every refusal raises VerificationError (with its
+reason) or ProtocolError.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+from edge_mailbox.mailbox.codec import Signed, binding, decode_signed, encode_signed
+from edge_mailbox.mailbox.layout import Layout, ManifestKey
+from edge_mailbox.mailbox.models import (
+    Claim,
+    JobManifest,
+    JobResult,
+    QueueMarker,
+    RelayRequest,
+    RelayResponse,
+    Revocation,
+    WireModel,
+)
+from edge_mailbox.mailbox.store import ObjectStore, Page
+from edge_mailbox.signer import KeyRing, SigningKey
+
+JOSE = "application/jose"
+# How long records signed by a worker stay verifiable: a task may run for days, and the
+# scheduler side re-reads claims after a restart. Replay is moot for them: each is bound to
+# one job id and created at most once.
+RECORD_TTL = 30 * 86400.0
+RELAY_TTL = 6 * 3600.0
+
+
+def nonce() -> str:
+    return uuid.uuid4().hex
+
+
+class Mailbox:
+    """Typed reads and writes of protocol objects in one bucket under one prefix."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.layout = Layout(store.config.prefix)
+        self.bucket = store.config.bucket
+
+    def bind(self, **ids: str) -> dict[str, str]:
+        return binding(self.bucket, self.layout.prefix, **ids)
+
+    def seal_context(self, job_id: str, request_id: str, direction: str) -> str:
+        return f"{self.bucket}/{self.layout.prefix}/{job_id}/{request_id}/{direction}"
+
+    def _read(self, key: str, cls: type[WireModel], keyring: KeyRing, bind: dict[str, str]):
+        raw = self.store.get(key, max_bytes=cls.MAX_BYTES * 2).body
+        return decode_signed(raw, cls, keyring, bind=bind, key=key)
+
+    # -- queues ------------------------------------------------------------------------------
+
+    def put_manifest(self, manifest: JobManifest, key: SigningKey, ttl: float) -> str:
+        object_key = self.layout.manifest(
+            manifest.queue, manifest.job_id, manifest.priority, manifest.enqueued_at
+        )
+        bind = self.bind(queue=manifest.queue, job_id=manifest.job_id)
+        body = encode_signed(manifest, key, bind=bind, ttl=ttl)
+        self.store.create(object_key, body, content_type=JOSE)
+        return object_key
+
+    def read_manifest(
+        self, object_key: str, queue: str, keyring: KeyRing
+    ) -> tuple[bytes, Signed[JobManifest]]:
+        """Verify a manifest against the queue and job id its key says it belongs to."""
+        parsed: ManifestKey = self.layout.parse_manifest(object_key)
+        raw = self.store.get(object_key, max_bytes=JobManifest.MAX_BYTES * 2).body
+        return raw, self.verify_manifest(raw, queue, parsed.job_id, keyring, object_key)
+
+    def verify_manifest(
+        self, raw: bytes, queue: str, job_id: str, keyring: KeyRing, object_key: str | None = None
+    ) -> Signed[JobManifest]:
+        signed = decode_signed(
+            raw, JobManifest, keyring, bind=self.bind(queue=queue, job_id=job_id), key=object_key
+        )
+        return signed
+
+    def list_queue(self, queue: str, *, start_after: str | None = None) -> Page:
+        return self.store.list_page(self.layout.queue_jobs(queue), start_after=start_after)
+
+    def bump_marker(self, queue: str) -> None:
+        marker = QueueMarker(queue=queue, updated_at=time.time(), nonce=nonce())
+        self.store.put(self.layout.queue_marker(queue), marker.to_json())
+
+    def marker_changed(self, queue: str, etag: str | None) -> tuple[bool, str | None]:
+        """(changed, new etag): one conditional GET, a cheap 304 when nothing changed."""
+        from edge_mailbox.mailbox.errors import NotFound
+
+        try:
+            obj = self.store.get_if_changed(
+                self.layout.queue_marker(queue), etag, max_bytes=QueueMarker.MAX_BYTES
+            )
+        except NotFound:
+            return etag is not None, None
+        if obj is None:
+            return False, etag
+        return True, obj.etag
+
+    # -- claims ------------------------------------------------------------------------------
+
+    def create_claim(self, claim: Claim, key: SigningKey) -> None:
+        """Claim a job; AlreadyExists when another worker was first."""
+        body = encode_signed(claim, key, bind=self.bind(job_id=claim.job_id), ttl=RECORD_TTL)
+        self.store.create(self.layout.claim(claim.job_id), body, content_type=JOSE)
+
+    def read_claim(self, job_id: str, worker_keys: KeyRing) -> Signed[Claim]:
+        return self._read(self.layout.claim(job_id), Claim, worker_keys, self.bind(job_id=job_id))
+
+    # -- inbox notices: empty objects whose keys say what to look at -------------------------
+
+    def notify(self, inbox_key: str) -> None:
+        self.store.put(inbox_key, b"", content_type="application/octet-stream")
+
+    def list_inbox(self, *, start_after: str | None = None) -> Page:
+        return self.store.list_page(self.layout.inbox, start_after=start_after)
+
+    # -- relay -------------------------------------------------------------------------------
+
+    def put_request(self, request: RelayRequest, key: SigningKey) -> None:
+        bind = self.bind(job_id=request.job_id, request_id=request.request_id, kind="request")
+        body = encode_signed(request, key, bind=bind, ttl=RELAY_TTL)
+        self.store.create(
+            self.layout.inbox_request(request.job_id, request.request_id), body, content_type=JOSE
+        )
+
+    def read_request(
+        self, job_id: str, request_id: str, worker_keys: KeyRing
+    ) -> Signed[RelayRequest]:
+        bind = self.bind(job_id=job_id, request_id=request_id, kind="request")
+        return self._read(
+            self.layout.inbox_request(job_id, request_id), RelayRequest, worker_keys, bind
+        )
+
+    def put_response(self, response: RelayResponse, key: SigningKey) -> None:
+        """Write the answer once: a second reconciler's answer to the same request loses."""
+        bind = self.bind(job_id=response.job_id, request_id=response.request_id, kind="response")
+        body = encode_signed(response, key, bind=bind, ttl=RELAY_TTL)
+        self.store.create(
+            self.layout.relay_response(response.job_id, response.request_id),
+            body,
+            content_type=JOSE,
+        )
+
+    def read_response(
+        self, job_id: str, request_id: str, scheduler_keys: KeyRing
+    ) -> Signed[RelayResponse]:
+        bind = self.bind(job_id=job_id, request_id=request_id, kind="response")
+        return self._read(
+            self.layout.relay_response(job_id, request_id), RelayResponse, scheduler_keys, bind
+        )
+
+    # -- results and revocations -------------------------------------------------------------
+
+    def put_result(self, result: JobResult, key: SigningKey) -> None:
+        body = encode_signed(result, key, bind=self.bind(job_id=result.job_id), ttl=RECORD_TTL)
+        self.store.put(self.layout.result(result.job_id), body, content_type=JOSE)
+
+    def read_result(self, job_id: str, worker_keys: KeyRing) -> Signed[JobResult]:
+        return self._read(
+            self.layout.result(job_id), JobResult, worker_keys, self.bind(job_id=job_id)
+        )
+
+    def put_revocation(self, revocation: Revocation, key: SigningKey) -> None:
+        bind = self.bind(job_id=revocation.job_id)
+        body = encode_signed(revocation, key, bind=bind, ttl=RECORD_TTL)
+        self.store.put(self.layout.revocation(revocation.job_id), body, content_type=JOSE)
+
+
+def random_token() -> str:
+    return os.urandom(16).hex()

@@ -1,0 +1,124 @@
+"""The worker's settings: command-line flags over the [edge_mailbox] section of its airflow.cfg
+(and so over AIRFLOW__EDGE_MAILBOX__* environment variables), with checks that name the
+setting at fault."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge_mailbox.mailbox.config import StoreConfig
+from edge_mailbox.mailbox.layout import encode_name
+from edge_mailbox.signer import KeyFileError, KeyRing, PublicKey, SigningKey
+
+SECTION = "edge_mailbox"
+
+
+class WorkerConfigError(ValueError):
+    """A worker setting is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    store: StoreConfig
+    name: str
+    queues: tuple[str, ...]
+    concurrency: int
+    key: SigningKey
+    scheduler_keys: KeyRing
+    poll_min: float = 0.1
+    poll_max: float = 5.0
+    relay_deadline: float = 900.0
+
+
+def _conf_get(conf: Any, key: str) -> str:
+    if conf is None:
+        return ""
+    value = conf.get(SECTION, key, fallback="")
+    return "" if value is None else str(value).strip()
+
+
+def resolve(args: argparse.Namespace, conf: Any = None) -> WorkerSettings:
+    """Flags first, then [edge_mailbox] in the worker's Airflow config."""
+
+    def pick(flag: str, option: str, default: str = "") -> str:
+        value = getattr(args, flag, None)
+        return (
+            str(value).strip() if value not in (None, "") else (_conf_get(conf, option) or default)
+        )
+
+    bucket = pick("bucket", "bucket")
+    if not bucket:
+        raise WorkerConfigError("no bucket: pass --bucket or set [edge_mailbox] bucket")
+    try:
+        store = StoreConfig(
+            bucket=bucket,
+            prefix=pick("prefix", "prefix", "edge-mailbox"),
+            endpoint_url=pick("endpoint_url", "endpoint_url") or None,
+            region=pick("region", "region") or None,
+            proxy=pick("proxy", "proxy") or None,
+            addressing_style=pick("addressing_style", "addressing_style", "auto"),
+            access_key_id=_conf_get(conf, "aws_access_key_id") or None,
+            secret_access_key=_conf_get(conf, "aws_secret_access_key") or None,
+        )
+    except ValidationError as exc:
+        raise WorkerConfigError("; ".join(str(e["msg"]) for e in exc.errors())) from None
+    queues = tuple(
+        q.strip() for q in pick("queues", "worker_queues", "default").split(",") if q.strip()
+    )
+    if not queues:
+        raise WorkerConfigError("--queues names no queue")
+    for name in queues:
+        try:
+            encode_name(name)
+        except ValueError as exc:
+            raise WorkerConfigError(f"--queues: {exc}") from None
+    raw_concurrency = pick("concurrency", "worker_concurrency", "8")
+    try:
+        concurrency = int(raw_concurrency)
+    except ValueError:
+        raise WorkerConfigError(
+            f"--concurrency {raw_concurrency!r} is not a whole number"
+        ) from None
+    if not 1 <= concurrency <= 1024:
+        raise WorkerConfigError(f"--concurrency {concurrency} must be between 1 and 1024")
+    name = pick("name", "worker_name", socket.gethostname())
+    try:
+        encode_name(name, kind="worker")
+    except ValueError as exc:
+        raise WorkerConfigError(f"--name: {exc}") from None
+    key_path = pick("key", "worker_key_path", "worker.pem")
+    try:
+        key = SigningKey.from_file(key_path)
+    except KeyFileError as exc:
+        raise WorkerConfigError(
+            f"worker key: {exc} (create one with: edge-mailbox-worker keygen {key_path})"
+        ) from None
+    scheduler_paths = pick("scheduler_key", "scheduler_public_keys")
+    if not scheduler_paths:
+        raise WorkerConfigError(
+            "no scheduler key to trust: pass --scheduler-key FILE.pub or set "
+            "[edge_mailbox] scheduler_public_keys (the .pub of the scheduler's signing key)"
+        )
+    ring = KeyRing()
+    for path in (p.strip() for p in scheduler_paths.split(",") if p.strip()):
+        try:
+            ring.add(PublicKey.from_file(Path(path)))
+        except KeyFileError as exc:
+            raise WorkerConfigError(f"scheduler key: {exc}") from None
+    return WorkerSettings(
+        store=store,
+        name=name,
+        queues=queues,
+        concurrency=concurrency,
+        key=key,
+        scheduler_keys=ring,
+        poll_min=float(os.environ.get("EDGE_MAILBOX_WORKER_POLL_MIN", "0.1")),
+        poll_max=float(os.environ.get("EDGE_MAILBOX_WORKER_POLL_MAX", "5.0")),
+    )

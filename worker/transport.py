@@ -1,0 +1,120 @@
+"""An httpx transport that carries each Execution API call through the bucket.
+
+The Task SDK's supervisor talks to Airflow through ``airflow.sdk.api.client.Client``; given
+this transport, every call becomes a sealed, signed relay request in the bucket's inbox, and
+the call blocks until the scheduler side's sealed answer appears (or a long deadline
+passes). While the bucket is unreachable the request waits and is delivered later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+
+from edge_mailbox.mailbox.errors import NotFound, ProtocolError, StoreError
+from edge_mailbox.mailbox.layout import new_id
+from edge_mailbox.mailbox.models import RelayCall
+from edge_mailbox.mailbox.protocol import Mailbox
+from edge_mailbox.mailbox.relaycodec import (
+    REQUEST_HEADERS,
+    decode_body,
+    encode_body,
+    open_answer,
+    pick,
+    seal_call,
+)
+from edge_mailbox.signer import KeyRing, SealError, SealKey, SigningKey, VerificationError
+
+log = logging.getLogger(__name__)
+BASE_URL = "http://edge-mailbox.relay/execution/"
+
+
+class RelayTransport(httpx.BaseTransport):
+    def __init__(
+        self,
+        mailbox: Mailbox,
+        job_id: str,
+        *,
+        worker_key: SigningKey,
+        seal_key: SealKey,
+        scheduler_seal_key: str,
+        scheduler_keys: KeyRing,
+        deadline: float = 900.0,
+        poll_min: float = 0.02,
+        poll_max: float = 0.5,
+    ) -> None:
+        self.mailbox = mailbox
+        self.job_id = job_id
+        self.worker_key = worker_key
+        self.seal_key = seal_key
+        self.scheduler_seal_key = scheduler_seal_key
+        self.scheduler_keys = scheduler_keys
+        self.deadline = deadline
+        self.poll_min = poll_min
+        self.poll_max = poll_max
+        self.round_trips: list[float] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        started = time.monotonic()
+        base = httpx.URL(BASE_URL).path
+        path = request.url.path
+        if not path.startswith(base):
+            raise httpx.UnsupportedProtocol(f"edge-mailbox relays only {base}..., not {path}")
+        request_id = new_id()
+        call = RelayCall(
+            method=request.method,
+            path=path[len(base) :],
+            query=request.url.query.decode(),
+            headers=pick(dict(request.headers), REQUEST_HEADERS),
+            body=encode_body(request.read()),
+        )
+        sealed = seal_call(
+            call,
+            self.scheduler_seal_key,
+            self.mailbox.seal_context(self.job_id, request_id, "request"),
+            self.job_id,
+            request_id,
+        )
+        give_up = started + self.deadline
+        self._retry_until(give_up, lambda: self.mailbox.put_request(sealed, self.worker_key))
+        answer = self._await_answer(request_id, give_up)
+        self.round_trips.append(time.monotonic() - started)
+        return httpx.Response(
+            answer.status, headers=answer.headers, content=decode_body(answer.body), request=request
+        )
+
+    def _retry_until(self, give_up: float, action) -> None:
+        pause = self.poll_min
+        while True:
+            try:
+                action()
+                return
+            except StoreError as exc:
+                if time.monotonic() > give_up:
+                    raise httpx.ConnectError(f"bucket unreachable: {exc}") from exc
+                log.warning("relay: bucket unavailable (%s); retrying", exc)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    def _await_answer(self, request_id: str, give_up: float):
+        pause = self.poll_min
+        while True:
+            try:
+                response = self.mailbox.read_response(self.job_id, request_id, self.scheduler_keys)
+                return open_answer(
+                    response.model,
+                    self.seal_key,
+                    self.mailbox.seal_context(self.job_id, request_id, "response"),
+                )
+            except NotFound:
+                pass
+            except (VerificationError, SealError, ProtocolError) as exc:
+                log.error("relay: refusing the answer to %s: %s", request_id, exc)
+            except StoreError as exc:
+                log.warning("relay: bucket unavailable (%s); still waiting", exc)
+            if time.monotonic() > give_up:
+                raise httpx.ReadTimeout(f"no relay answer to {request_id} in {self.deadline:.0f} s")
+            time.sleep(pause)
+            pause = min(pause * 1.5, self.poll_max)
