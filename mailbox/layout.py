@@ -211,7 +211,7 @@ class Layout:
         kind = "request" if match.group(3) else match.group(2)
         return match.group(1), kind, match.group(3)
 
-    # Logs: chunks in upload order, one folder per task-instance try and job, so that a
+    # Logs: sealed chunks in upload order, one folder per task-instance try and job, so that a
     # reader that knows only the task instance (the UI) finds them with one LIST. Kept apart
     # from protocol objects because they have their own retention.
     def log_root(self, ti: TaskCoordinates, job_id: str | None = None) -> str:
@@ -228,7 +228,7 @@ class Layout:
     def log_chunk(self, ti: TaskCoordinates, job_id: str, seq: int) -> str:
         if seq < 0:
             raise ValueError("log chunk sequence must be >= 0")
-        return f"{self.log_root(ti, job_id)}{seq:08d}.log"
+        return f"{self.log_root(ti, job_id)}{seq:08d}.chunk"
 
     # Workers: liveness in one flat folder (one LIST page shows 1,000 workers by
     # LastModified), and one command object per worker polled with a conditional GET.

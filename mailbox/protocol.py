@@ -8,7 +8,6 @@ reason) or ProtocolError.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
@@ -52,6 +51,9 @@ class Mailbox:
 
     def seal_context(self, job_id: str, request_id: str, direction: str) -> str:
         return f"{self.bucket}/{self.layout.prefix}/{job_id}/{request_id}/{direction}"
+
+    def log_context(self, job_id: str, seq: int) -> str:
+        return f"{self.bucket}/{self.layout.prefix}/{job_id}/log/{seq}"
 
     def _read(self, key: str, cls: type[WireModel], keyring: KeyRing, bind: dict[str, str]):
         raw = self.store.get(key, max_bytes=cls.MAX_BYTES * 2).body
@@ -173,7 +175,3 @@ class Mailbox:
         bind = self.bind(job_id=revocation.job_id)
         body = encode_signed(revocation, key, bind=bind, ttl=RECORD_TTL)
         self.store.put(self.layout.revocation(revocation.job_id), body, content_type=JOSE)
-
-
-def random_token() -> str:
-    return os.urandom(16).hex()

@@ -3,7 +3,7 @@
 from edge_mailbox.signer.envelope import Claims, Verified, sign, sign_claims, verify, verify_claims
 from edge_mailbox.signer.errors import KeyFileError, Reason, SealError, VerificationError
 from edge_mailbox.signer.keys import KeyRing, PublicKey, SigningKey
-from edge_mailbox.signer.seal import SealKey, open_sealed, seal
+from edge_mailbox.signer.seal import SealKey, open_bytes, open_sealed, seal, seal_bytes
 
 __all__ = [
     "Claims",
@@ -16,8 +16,10 @@ __all__ = [
     "SigningKey",
     "VerificationError",
     "Verified",
+    "open_bytes",
     "open_sealed",
     "seal",
+    "seal_bytes",
     "sign",
     "sign_claims",
     "verify",

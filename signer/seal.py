@@ -77,12 +77,28 @@ def _public_from_text(public: str) -> X25519PublicKey:
         raise SealError(f"not an X25519 public key: {exc}") from None
 
 
-def seal(plaintext: bytes, recipient: str, *, context: str) -> str:
-    """Encrypt ``plaintext`` to the ``recipient`` public key; only its holder can open it."""
-    sealed = _SUITE.encrypt(
+def seal_bytes(plaintext: bytes, recipient: str, *, context: str) -> bytes:
+    """Encrypt ``plaintext`` to the ``recipient`` public key; only its holder can open it.
+
+    The result is HPKE's encapsulated key followed by the ciphertext (binary)."""
+    return _SUITE.encrypt(
         plaintext, _public_from_text(recipient), info=_INFO_PREFIX + context.encode()
     )
-    return b64url(sealed)
+
+
+def open_bytes(sealed: bytes, key: SealKey, *, context: str) -> bytes:
+    """Decrypt what ``seal_bytes`` produced for ``key`` under the same ``context``."""
+    if len(sealed) > MAX_SEALED_BYTES:
+        raise SealError(f"sealed payload of {len(sealed)} bytes is over the limit")
+    try:
+        return _SUITE.decrypt(sealed, key.key, info=_INFO_PREFIX + context.encode())
+    except Exception as exc:  # the binding raises InvalidTag or ValueError by case
+        raise SealError(f"cannot open sealed payload ({type(exc).__name__})") from None
+
+
+def seal(plaintext: bytes, recipient: str, *, context: str) -> str:
+    """``seal_bytes`` as unpadded base64url text, for JSON fields."""
+    return b64url(seal_bytes(plaintext, recipient, context=context))
 
 
 def open_sealed(sealed: str, key: SealKey, *, context: str) -> bytes:
@@ -93,7 +109,4 @@ def open_sealed(sealed: str, key: SealKey, *, context: str) -> bytes:
         data = b64url_decode(sealed)
     except ValueError as exc:
         raise SealError(f"malformed sealed payload: {exc}") from None
-    try:
-        return _SUITE.decrypt(data, key.key, info=_INFO_PREFIX + context.encode())
-    except Exception as exc:  # the binding raises InvalidTag or ValueError by case
-        raise SealError(f"cannot open sealed payload ({type(exc).__name__})") from None
+    return open_bytes(data, key, context=context)

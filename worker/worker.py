@@ -25,7 +25,7 @@ from edge_mailbox.mailbox.layout import TaskCoordinates
 from edge_mailbox.mailbox.models import Claim, JobManifest, JobResult, JobState
 from edge_mailbox.mailbox.protocol import Mailbox, nonce
 from edge_mailbox.mailbox.store import ObjectStore
-from edge_mailbox.signer import SealKey, VerificationError
+from edge_mailbox.signer import SealKey, VerificationError, seal_bytes
 from edge_mailbox.worker.job_process import make_spec
 from edge_mailbox.worker.settings import WorkerSettings
 
@@ -265,8 +265,13 @@ class Worker:
             map_index=int(ti.get("map_index", -1)),
             try_number=int(ti["try_number"]),
         )
+        # Logs can hold anything a task prints (Airflow logs return values, for one): they
+        # are sealed like relayed data, to the scheduler side's key for this job.
         key = self.mailbox.layout.log_chunk(coordinates, manifest.job_id, 0)
-        self.mailbox.store.put(key, data, content_type="application/x-ndjson")
+        sealed = seal_bytes(
+            data, manifest.seal_key, context=self.mailbox.log_context(manifest.job_id, 0)
+        )
+        self.mailbox.store.put(key, sealed, content_type="application/octet-stream")
         return 1
 
 
