@@ -65,16 +65,22 @@ CONFIG: dict[str, Any] = {
             "manifest_ttl": _option(
                 "Seconds a job manifest stays valid for a worker to claim.", "3600", type="float"
             ),
-            "poll_interval_min": _option(
-                "Fastest reconciler poll of the inbox (seconds), right after activity.",
+            "poll_interval": _option(
+                "How often (s) the inbox's change marker is polled with a conditional GET while "
+                "jobs are queued or running; a LIST follows only when it changed.",
                 "0.05",
                 type="float",
             ),
-            "poll_interval_active": _option(
-                "Slowest inbox poll while jobs are queued or running.", "1.0", type="float"
-            ),
             "poll_interval_idle": _option(
-                "Inbox poll when no job is outstanding.", "10", type="float"
+                "How often (s) the inbox's change marker is polled when no job is outstanding.",
+                "5",
+                type="float",
+            ),
+            "list_interval": _option(
+                "A LIST of the inbox at least this often (s) while jobs are outstanding, "
+                "whatever the change marker says.",
+                "10",
+                type="float",
             ),
             "relay_threads": _option(
                 "Threads replaying relayed Execution API calls in parallel.", "8", type="integer"

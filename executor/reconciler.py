@@ -80,7 +80,7 @@ class Reconciler:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="mailbox-reconciler", daemon=True)
-        self.interval = settings.poll_min
+        self.relist = True  # LIST once at start: items may be waiting from before a restart
         self.rejected: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -99,7 +99,6 @@ class Reconciler:
         """A manifest was written: expect its claim soon, so poll fast."""
         with self.jobs_lock:
             self.jobs[job.job_id] = job
-        self.interval = self.settings.poll_min
         self.wake.set()
 
     def outstanding(self) -> int:
@@ -109,25 +108,28 @@ class Reconciler:
     # -- the loop ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """Poll the inbox's change marker (a cheap conditional GET); LIST only when it rang,
+        when an item is waiting for another try, or every ``list_interval`` as a safety net."""
+        etag: str | None = None
+        last_list = 0.0
         while not self.stopping.is_set():
+            outstanding = self.outstanding()
             try:
-                handled = self.poll_once()
+                changed, etag = self.mailbox.inbox_changed(etag)
+                now = time.monotonic()
+                due = outstanding and now - last_list > self.settings.list_interval
+                if changed or due or self.relist:
+                    self.relist = False
+                    last_list = now
+                    self.poll_once()
             except StoreError as exc:
                 log.warning("edge-mailbox: bucket unavailable (%s); retrying", exc)
-                handled = 0
+                self.relist = True
             except Exception:
                 log.exception("edge-mailbox reconciler: unexpected error; continuing")
-                handled = 0
-            if handled:
-                self.interval = self.settings.poll_min
-            else:
-                ceiling = (
-                    self.settings.poll_max_active
-                    if self.outstanding()
-                    else self.settings.poll_max_idle
-                )
-                self.interval = min(self.interval * 1.5, ceiling)
-            self.wake.wait(self.interval)
+                self.relist = True
+            interval = self.settings.poll_active if outstanding else self.settings.poll_idle
+            self.wake.wait(interval)
             self.wake.clear()
 
     def poll_once(self) -> int:
@@ -254,6 +256,7 @@ class Reconciler:
             self._on_request(key, job_id, request_id)
         except StoreError as exc:
             log.warning("edge-mailbox: relay of %s postponed, bucket unavailable: %s", key, exc)
+            self.relist = True
         except Exception:
             log.exception("edge-mailbox: relay of %s failed", key)
         finally:
@@ -276,6 +279,7 @@ class Reconciler:
         if request.kid != job.claim.kid or request.model.job_id != job_id:
             self._reject(key, f"relay request signed by {request.kid}, not the claim holder")
             return
+        replay_ms = 0.0
         with job.lock:  # one call at a time per job, in arrival order of the poll
             if request_id in job.answered or (
                 job.rebuilt and self._answered_before(job_id, request_id)
@@ -302,7 +306,9 @@ class Reconciler:
                     token = self.mint_token(job.ti_id, "workload")
                 else:
                     token = job.token or self.mint_token(job.ti_id, "execution")
+                t0 = time.monotonic()
                 replayed = self.api.replay(call, token)
+                replay_ms = (time.monotonic() - t0) * 1000
                 if replayed.refreshed_token:
                     job.token = replayed.refreshed_token
                 elif is_run_call(call, job.ti_id):
@@ -322,12 +328,15 @@ class Reconciler:
             job.answered.add(request_id)
             self.mailbox.store.delete(key)
         log.debug(
-            "edge-mailbox: relayed %s %s for %s -> %s in %.0f ms",
+            "edge-mailbox: relayed %s %s for %s -> %s in %.0f ms (%.0f ms after it was sent; "
+            "%.0f ms in the Execution API)",
             call.method,
             call.path,
             job_id,
             answer.status,
             (time.monotonic() - started) * 1000,
+            (time.time() - request.model.sent_at) * 1000,
+            replay_ms,
         )
 
     def _answered_before(self, job_id: str, request_id: str) -> bool:

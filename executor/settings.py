@@ -29,9 +29,9 @@ class ExecutorSettings:
     signing_key: SigningKey
     worker_keys: KeyRing
     manifest_ttl: float
-    poll_min: float
-    poll_max_active: float
-    poll_max_idle: float
+    poll_active: float
+    poll_idle: float
+    list_interval: float
     relay_threads: int
     execution_api_url: str
     execution_api_timeout: float
@@ -112,9 +112,9 @@ def load_settings(conf: Any, execution_api_url: str) -> ExecutorSettings:
         signing_key=signing_key,
         worker_keys=_public_keys(conf),
         manifest_ttl=_float(conf, "manifest_ttl", "3600", 10, 7 * 86400),
-        poll_min=_float(conf, "poll_interval_min", "0.05", 0.01, 60),
-        poll_max_active=_float(conf, "poll_interval_active", "1.0", 0.01, 300),
-        poll_max_idle=_float(conf, "poll_interval_idle", "10", 0.1, 3600),
+        poll_active=_float(conf, "poll_interval", "0.05", 0.01, 60),
+        poll_idle=_float(conf, "poll_interval_idle", "5", 0.1, 3600),
+        list_interval=_float(conf, "list_interval", "10", 0.5, 3600),
         relay_threads=int(_float(conf, "relay_threads", "8", 1, 256)),
         execution_api_url=execution_api_url.rstrip("/") + "/",
         execution_api_timeout=_float(conf, "execution_api_timeout", "30", 1, 600),

@@ -190,6 +190,11 @@ class Layout:
     def inbox(self) -> str:
         return f"{self.root}inbox/"
 
+    @property
+    def inbox_marker(self) -> str:
+        """Rung after every inbox write; outside inbox/ so that LISTs of it stay pure."""
+        return f"{self.root}inbox.marker.json"
+
     def inbox_claim(self, job_id: str) -> str:
         return f"{self.inbox}{check_job_id(job_id)}/claim.jws"
 

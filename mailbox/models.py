@@ -105,17 +105,19 @@ class JobManifest(WireModel):
     scheduler_version: str = Field(max_length=64)
 
 
-class QueueMarker(WireModel):
-    """A per-queue change marker: rewritten (with a fresh nonce) whenever jobs are added.
+class ChangeMarker(WireModel):
+    """A change marker ("doorbell"): rewritten with a fresh nonce whenever what it watches
+    changes: a queue's jobs (``scope`` = the queue name) or the inbox (``scope`` = "inbox").
 
-    Unsigned on purpose: it carries no authority, it only tells idle workers when a LIST of
-    the queue is worth its price. A forged marker costs a worker one LIST, nothing more.
+    Readers poll it with a conditional GET (a 304 costs a twelfth of a LIST on S3) and LIST
+    only when it changed. Unsigned on purpose: it carries no authority, and a forged marker
+    costs a reader one LIST, nothing more.
     """
 
     KIND = "marker"
     MAX_BYTES = 4 * KiB
 
-    queue: str = Field(min_length=1, max_length=MAX_QUEUE_NAME)
+    scope: str = Field(min_length=1, max_length=MAX_QUEUE_NAME)
     updated_at: float
     nonce: str = Field(min_length=8, max_length=64)
 
@@ -265,7 +267,7 @@ class Revocation(WireModel):
 
 ALL_KINDS: tuple[type[WireModel], ...] = (
     JobManifest,
-    QueueMarker,
+    ChangeMarker,
     Claim,
     RelayCall,
     RelayAnswer,

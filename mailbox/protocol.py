@@ -12,12 +12,13 @@ import time
 import uuid
 
 from edge_mailbox.mailbox.codec import Signed, binding, decode_signed, encode_signed
+from edge_mailbox.mailbox.errors import NotFound
 from edge_mailbox.mailbox.layout import Layout, ManifestKey
 from edge_mailbox.mailbox.models import (
+    ChangeMarker,
     Claim,
     JobManifest,
     JobResult,
-    QueueMarker,
     RelayRequest,
     RelayResponse,
     Revocation,
@@ -90,17 +91,19 @@ class Mailbox:
         return self.store.list_page(self.layout.queue_jobs(queue), start_after=start_after)
 
     def bump_marker(self, queue: str) -> None:
-        marker = QueueMarker(queue=queue, updated_at=time.time(), nonce=nonce())
-        self.store.put(self.layout.queue_marker(queue), marker.to_json())
+        self._ring(self.layout.queue_marker(queue), queue)
 
     def marker_changed(self, queue: str, etag: str | None) -> tuple[bool, str | None]:
-        """(changed, new etag): one conditional GET, a cheap 304 when nothing changed."""
-        from edge_mailbox.mailbox.errors import NotFound
+        """(changed, new etag) of a queue's marker: a cheap 304 when nothing changed."""
+        return self._changed(self.layout.queue_marker(queue), etag)
 
+    def _ring(self, key: str, scope: str) -> None:
+        marker = ChangeMarker(scope=scope, updated_at=time.time(), nonce=nonce())
+        self.store.put(key, marker.to_json())
+
+    def _changed(self, key: str, etag: str | None) -> tuple[bool, str | None]:
         try:
-            obj = self.store.get_if_changed(
-                self.layout.queue_marker(queue), etag, max_bytes=QueueMarker.MAX_BYTES
-            )
+            obj = self.store.get_if_changed(key, etag, max_bytes=ChangeMarker.MAX_BYTES)
         except NotFound:
             return etag is not None, None
         if obj is None:
@@ -120,7 +123,15 @@ class Mailbox:
     # -- inbox notices: empty objects whose keys say what to look at -------------------------
 
     def notify(self, inbox_key: str) -> None:
+        """Post an empty notice whose key says what to look at, and ring the inbox."""
         self.store.put(inbox_key, b"", content_type="application/octet-stream")
+        self.ring_inbox()
+
+    def ring_inbox(self) -> None:
+        self._ring(self.layout.inbox_marker, "inbox")
+
+    def inbox_changed(self, etag: str | None) -> tuple[bool, str | None]:
+        return self._changed(self.layout.inbox_marker, etag)
 
     def list_inbox(self, *, start_after: str | None = None) -> Page:
         return self.store.list_page(self.layout.inbox, start_after=start_after)
@@ -128,6 +139,7 @@ class Mailbox:
     # -- relay -------------------------------------------------------------------------------
 
     def put_request(self, request: RelayRequest, key: SigningKey) -> None:
+        """Post a relay request to the inbox; the caller then rings the inbox."""
         bind = self.bind(job_id=request.job_id, request_id=request.request_id, kind="request")
         body = encode_signed(request, key, bind=bind, ttl=RELAY_TTL)
         self.store.create(

@@ -8,7 +8,7 @@ import pytest
 
 from edge_mailbox.mailbox.errors import ProtocolError
 from edge_mailbox.mailbox.layout import new_id
-from edge_mailbox.mailbox.models import ALL_KINDS, Claim, Heartbeat, JobResult, QueueMarker
+from edge_mailbox.mailbox.models import ALL_KINDS, ChangeMarker, Claim, Heartbeat, JobResult
 
 
 def claim_dict(**changes) -> dict:
@@ -71,7 +71,7 @@ def test_types_are_strict() -> None:
 
 def test_oversized_and_malformed_objects_are_refused_before_parsing() -> None:
     with pytest.raises(ProtocolError, match="limit"):
-        QueueMarker.from_json(b"{" + b" " * 5000 + b"}")
+        ChangeMarker.from_json(b"{" + b" " * 5000 + b"}")
     with pytest.raises(ProtocolError, match="not JSON"):
         Claim.from_json(b"{nope")
     with pytest.raises(ProtocolError, match="JSON object"):

@@ -43,7 +43,7 @@ class RelayTransport(httpx.BaseTransport):
         scheduler_keys: KeyRing,
         deadline: float = 900.0,
         poll_min: float = 0.02,
-        poll_max: float = 0.5,
+        poll_max: float = 0.25,
     ) -> None:
         self.mailbox = mailbox
         self.job_id = job_id
@@ -79,6 +79,7 @@ class RelayTransport(httpx.BaseTransport):
         )
         give_up = started + self.deadline
         self._retry_until(give_up, lambda: self.mailbox.put_request(sealed, self.worker_key))
+        self._retry_until(give_up, self.mailbox.ring_inbox)
         answer = self._await_answer(request_id, give_up)
         self.round_trips.append(time.monotonic() - started)
         return httpx.Response(
@@ -99,7 +100,10 @@ class RelayTransport(httpx.BaseTransport):
                 pause = min(pause * 2, 5.0)
 
     def _await_answer(self, request_id: str, give_up: float):
+        """Poll for the answer: every ``poll_min`` for the first second (a relayed call usually
+        takes tens of milliseconds, and a GET costs little), then slower up to ``poll_max``."""
         pause = self.poll_min
+        fast_until = time.monotonic() + 1.0
         while True:
             try:
                 response = self.mailbox.read_response(self.job_id, request_id, self.scheduler_keys)
@@ -117,4 +121,5 @@ class RelayTransport(httpx.BaseTransport):
             if time.monotonic() > give_up:
                 raise httpx.ReadTimeout(f"no relay answer to {request_id} in {self.deadline:.0f} s")
             time.sleep(pause)
-            pause = min(pause * 1.5, self.poll_max)
+            if time.monotonic() > fast_until:
+                pause = min(pause * 1.5, self.poll_max)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from edge_mailbox.mailbox.models import Claim, JobManifest, JobResult, JobState
 from edge_mailbox.mailbox.protocol import Mailbox, nonce
 from edge_mailbox.mailbox.store import ObjectStore
 from edge_mailbox.signer import SealKey, VerificationError, seal_bytes
-from edge_mailbox.worker.job_process import make_spec
+from edge_mailbox.worker.job_process import ForkedJob, fork_job, make_spec, preload
 from edge_mailbox.worker.settings import WorkerSettings
 
 log = logging.getLogger("edge_mailbox.worker")
@@ -35,7 +33,7 @@ log = logging.getLogger("edge_mailbox.worker")
 @dataclass
 class RunningJob:
     manifest: JobManifest
-    process: subprocess.Popen[bytes]
+    process: ForkedJob
     started_at: float
     stats_path: Path
 
@@ -65,7 +63,11 @@ class Worker:
     def __post_init__(self) -> None:
         self.mailbox = Mailbox(ObjectStore(self.settings.store))
         self.rescan = set(self.settings.queues)  # list every queue once at start
-        self.stats_dir = Path(tempfile.mkdtemp(prefix="edge-mailbox-worker-"))
+        # Per-job relay statistics (round trips, requests), kept for benchmarks.
+        stats = os.environ.get("EDGE_MAILBOX_WORKER_STATS_DIR")
+        self.stats_dir = (
+            Path(stats) if stats else Path(tempfile.mkdtemp(prefix="edge-mailbox-worker-"))
+        )
 
     @property
     def free_slots(self) -> int:
@@ -75,6 +77,7 @@ class Worker:
     # -- main loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
+        preload()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         log.info(
@@ -200,12 +203,7 @@ class Worker:
             self.settings.relay_deadline,
             stats_path,
         )
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edge_mailbox.worker.job_process"], stdin=subprocess.PIPE
-        )
-        assert process.stdin
-        process.stdin.write(spec)
-        process.stdin.close()
+        process = fork_job(spec)
         self.running[manifest.job_id] = RunningJob(manifest, process, time.time(), stats_path)
 
     # -- finishing ---------------------------------------------------------------------------

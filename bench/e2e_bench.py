@@ -1,0 +1,99 @@
+"""Wall time of a 10-task chain and a 20-task fan-out, MailboxExecutor vs LocalExecutor, on this
+machine in one run; and the relay's round trip (median, p95) as the tasks saw it.
+
+    make bench        (or: .venv/bin/python bench/e2e_bench.py [--rounds N])
+
+Numbers are printed side by side; nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from demo.stack import MAILBOX_EXECUTOR, Stack
+
+DAGS = Path(__file__).resolve().parent / "dags"
+
+
+def _seconds(run: dict) -> float:
+    start = datetime.fromisoformat(run["queued_at"])
+    end = datetime.fromisoformat(run["end_date"])
+    return (end - start).total_seconds()
+
+
+def measure(executor: str, rounds: int, workdir: Path, stats_dir: Path) -> dict[str, list[float]]:
+    stack = Stack(root=workdir / executor.rsplit(".", 1)[-1], executor=executor, dags_folder=DAGS)
+    times: dict[str, list[float]] = {"bench_chain": [], "bench_fanout": []}
+    try:
+        stack.prepare()
+        if executor == MAILBOX_EXECUTOR:
+            stack.add_worker(
+                "bench-1", concurrency=16, EDGE_MAILBOX_WORKER_STATS_DIR=str(stats_dir)
+            )
+        stack.start_airflow()
+        for dag_id in times:
+            stack.wait_for_dag(dag_id)
+        for _ in range(rounds):
+            for dag_id in times:
+                run_id = stack.trigger(dag_id)
+                state = stack.wait_for_run(dag_id, run_id, timeout=600)
+                if state != "success":
+                    raise RuntimeError(f"{dag_id} {run_id}: {state}")
+                run = stack._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+                times[dag_id].append(_seconds(run))
+                print(
+                    f"  {executor.rsplit('.', 1)[-1]:<16} {dag_id:<13} {times[dag_id][-1]:6.2f} s",
+                    flush=True,
+                )
+    finally:
+        stack.stop()
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="edge-mailbox-bench-") as tmp:
+        workdir, stats_dir = Path(tmp), Path(tmp) / "stats"
+        stats_dir.mkdir()
+        results = {
+            "MailboxExecutor": measure(MAILBOX_EXECUTOR, args.rounds, workdir, stats_dir),
+            "LocalExecutor": measure("LocalExecutor", args.rounds, workdir, stats_dir),
+        }
+        round_trips: list[float] = []
+        relay_requests: list[int] = []
+        for path in stats_dir.glob("*.json"):
+            stats = json.loads(path.read_text())
+            round_trips += stats["round_trips"]
+            relay_requests.append(sum(stats["requests"].values()))
+    print("\nwall time from trigger (queued) to run success, median of rounds:")
+    print(f"  {'DAG':<14}{'MailboxExecutor':>17}{'LocalExecutor':>15}")
+    for dag_id in ("bench_chain", "bench_fanout"):
+        mailbox = statistics.median(results["MailboxExecutor"][dag_id])
+        local = statistics.median(results["LocalExecutor"][dag_id])
+        print(f"  {dag_id:<14}{mailbox:>15.2f} s{local:>13.2f} s")
+    if round_trips:
+        ms = sorted(t * 1000 for t in round_trips)
+        p95 = ms[min(len(ms) - 1, int(len(ms) * 0.95))]
+        print(
+            f"\nrelay round trip over {len(ms)} Execution API calls: "
+            f"median {statistics.median(ms):.0f} ms, p95 {p95:.0f} ms"
+        )
+        print(
+            f"bucket requests made by a task's process (relay): median "
+            f"{statistics.median(relay_requests):.0f} per task"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
