@@ -29,7 +29,34 @@ def _seconds(run: dict) -> float:
     return (end - start).total_seconds()
 
 
-def measure(executor: str, rounds: int, workdir: Path, stats_dir: Path) -> dict[str, list[float]]:
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU time so far of each component, with its live and reaped child processes."""
+    import psutil
+
+    totals: dict[str, float] = {}
+    named = dict(stack.processes)
+    if stack.store and stack.store.process:
+        named["seaweedfs"] = stack.store.process
+    for name, popen in named.items():
+        try:
+            root = psutil.Process(popen.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        total = 0.0
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.NoSuchProcess:
+                pass
+        totals[name.split("-")[0] if name.startswith("worker") else name] = total
+    return totals
+
+
+def measure(
+    executor: str, rounds: int, workdir: Path, stats_dir: Path, cpu: dict[str, dict[str, float]]
+) -> dict[str, list[float]]:
     stack = Stack(root=workdir / executor.rsplit(".", 1)[-1], executor=executor, dags_folder=DAGS)
     times: dict[str, list[float]] = {"bench_chain": [], "bench_fanout": []}
     try:
@@ -43,12 +70,18 @@ def measure(executor: str, rounds: int, workdir: Path, stats_dir: Path) -> dict[
             stack.wait_for_dag(dag_id)
         for _ in range(rounds):
             for dag_id in times:
+                before = cpu_seconds(stack)
                 run_id = stack.trigger(dag_id)
                 state = stack.wait_for_run(dag_id, run_id, timeout=600)
                 if state != "success":
                     raise RuntimeError(f"{dag_id} {run_id}: {state}")
                 run = stack._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
                 times[dag_id].append(_seconds(run))
+                if dag_id == "bench_fanout":
+                    after = cpu_seconds(stack)
+                    for name, value in after.items():
+                        cpu.setdefault(name, {}).setdefault(executor, 0.0)
+                        cpu[name][executor] += (value - before.get(name, 0.0)) / (20 * rounds)
                 print(
                     f"  {executor.rsplit('.', 1)[-1]:<16} {dag_id:<13} {times[dag_id][-1]:6.2f} s",
                     flush=True,
@@ -65,9 +98,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edge-mailbox-bench-") as tmp:
         workdir, stats_dir = Path(tmp), Path(tmp) / "stats"
         stats_dir.mkdir()
+        cpu: dict[str, dict[str, float]] = {}
         results = {
-            "MailboxExecutor": measure(MAILBOX_EXECUTOR, args.rounds, workdir, stats_dir),
-            "LocalExecutor": measure("LocalExecutor", args.rounds, workdir, stats_dir),
+            "MailboxExecutor": measure(MAILBOX_EXECUTOR, args.rounds, workdir, stats_dir, cpu),
+            "LocalExecutor": measure("LocalExecutor", args.rounds, workdir, stats_dir, cpu),
         }
         round_trips: list[float] = []
         relay_requests: list[int] = []
@@ -81,6 +115,14 @@ def main() -> int:
         mailbox = statistics.median(results["MailboxExecutor"][dag_id])
         local = statistics.median(results["LocalExecutor"][dag_id])
         print(f"  {dag_id:<14}{mailbox:>15.2f} s{local:>13.2f} s")
+    print("\nCPU seconds per task during the fan-out, by component (with child processes):")
+    print(f"  {'component':<14}{'MailboxExecutor':>17}{'LocalExecutor':>15}")
+    for name in sorted(cpu):
+        row = cpu[name]
+        m, loc = row.get(MAILBOX_EXECUTOR), row.get("LocalExecutor")
+        fm = f"{m:.3f} s" if m is not None else "-"
+        fl = f"{loc:.3f} s" if loc is not None else "-"
+        print(f"  {name:<14}{fm:>17}{fl:>15}")
     if round_trips:
         ms = sorted(t * 1000 for t in round_trips)
         p95 = ms[min(len(ms) - 1, int(len(ms) * 0.95))]
