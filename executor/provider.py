@@ -101,4 +101,5 @@ def get_provider_info() -> dict[str, Any]:
         "versions": [__version__],
         "executors": ["edge_mailbox.executor.MailboxExecutor"],
         "config": CONFIG,
+        "cli": ["edge_mailbox.executor.airflow_cli.get_cli_commands"],
     }
