@@ -39,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
     from edge_mailbox.worker.settings import WorkerConfigError, resolve
     from edge_mailbox.worker.worker import Worker, check_airflow_config
 
-    base_log_folder = check_airflow_config()
+    base_log_folder, bundles = check_airflow_config()
     from airflow.configuration import conf
 
     try:
@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     except WorkerConfigError as exc:
         print(f"edge-mailbox-worker: {exc}", file=sys.stderr)
         return 2
-    return Worker(settings, base_log_folder).run()
+    return Worker(settings, base_log_folder, bundles).run()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,7 @@ class PendingReport:
 class Worker:
     settings: WorkerSettings
     base_log_folder: Path
+    bundles: set[str] | None = None  # DAG bundles configured here; None: do not check
     mailbox: Mailbox = field(init=False)
     running: dict[str, RunningJob] = field(default_factory=dict)
     pending: list[PendingReport] = field(default_factory=list)
@@ -145,6 +146,17 @@ class Worker:
                 self.seen.add(job_id)
                 continue
             manifest = signed.model
+            bundle = str(manifest.bundle_info.get("name"))
+            if self.bundles is not None and bundle not in self.bundles:
+                log.warning(
+                    "not claiming job %s: it needs DAG bundle %r, and this worker has only %s "
+                    "([dag_processor] dag_bundle_config_list must match the scheduler's)",
+                    job_id,
+                    bundle,
+                    ", ".join(sorted(self.bundles)) or "none",
+                )
+                self.seen.add(job_id)
+                continue
             if manifest.pool_slots > self.settings.concurrency:
                 log.warning(
                     "job %s needs %d slots; this worker has %d",
@@ -280,9 +292,10 @@ def _describe(manifest: JobManifest) -> str:
     )
 
 
-def check_airflow_config() -> Path:
+def check_airflow_config() -> tuple[Path, set[str]]:
     """The worker's Airflow config must name MailboxExecutor: the task runner checks a task's
-    ``executor=`` against it when it parses the DAG. Returns the base log folder."""
+    ``executor=`` against it when it parses the DAG. Returns the base log folder and the
+    names of the DAG bundles configured here."""
     from airflow.configuration import conf
 
     executors = conf.get("core", "executor", fallback="") or ""
@@ -293,4 +306,6 @@ def check_airflow_config() -> Path:
             "edge_mailbox.executor.MailboxExecutor, as the scheduler's does "
             "(AIRFLOW__CORE__EXECUTOR=edge_mailbox.executor.MailboxExecutor)"
         )
-    return Path(conf.get("logging", "base_log_folder")).expanduser()
+    bundles = conf.getjson("dag_processor", "dag_bundle_config_list", fallback=None) or []
+    names = {b.get("name") for b in bundles if isinstance(b, dict) and b.get("name")}
+    return Path(conf.get("logging", "base_log_folder")).expanduser(), names
