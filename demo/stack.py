@@ -50,6 +50,7 @@ class Stack:
     dags_folder: Path = DAGS
     prefix: str = "edge-mailbox"
     parallelism: int = 32
+    scheduler_options: dict[str, Any] = field(default_factory=dict)  # extra [edge_mailbox]
     store: DevStore | None = None
     port: int = 0
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -116,6 +117,7 @@ class Stack:
                 **self._store_options(),
                 "signing_key_path": self.keys / "scheduler.pem",
                 "worker_public_keys": self.keys / "workers",
+                **self.scheduler_options,
             },
         }
 
@@ -163,10 +165,18 @@ class Stack:
             lambda: self._get("/api/v2/monitor/health") is not None, timeout, "api-server health"
         )
 
+    def worker_home(self, name: str) -> Path:
+        return self.root / f"worker-{name}"
+
     def add_worker(
-        self, name: str, queues: str = "default", concurrency: int = 8, **extra_env: str
+        self,
+        name: str,
+        queues: str = "default",
+        concurrency: int = 8,
+        options: dict[str, Any] | None = None,
+        **extra_env: str,
     ) -> subprocess.Popen[bytes]:
-        home = self.root / f"worker-{name}"
+        home = self.worker_home(name)
         home.mkdir(exist_ok=True)
         key = home / "worker.pem"
         if not key.exists():
@@ -188,11 +198,24 @@ class Stack:
                 "worker_name": name,
                 "worker_queues": queues,
                 "worker_concurrency": concurrency,
+                **(options or {}),
             },
         }
         (home / "airflow.cfg").write_text(_ini(config))
         return self.spawn(
             f"worker-{name}", [BIN / "edge-mailbox-worker"], self.env(home, **extra_env)
+        )
+
+    def worker_cli(
+        self, name: str, *args: str, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``edge-mailbox-worker ARGS`` as an operator would on that worker's host."""
+        return subprocess.run(
+            [str(BIN / "edge-mailbox-worker"), *args],
+            env=self.env(self.worker_home(name)),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def stop(self, *, keep_store: bool = False) -> None:

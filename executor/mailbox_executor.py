@@ -149,6 +149,8 @@ class MailboxExecutor(BaseExecutor):
             queue=queue_name,
             manifest_key=manifest_key,
             ti_key=ti.key,
+            pool_slots=manifest.pool_slots,
+            enqueued_at=manifest.enqueued_at,
         )
 
     # -- state -------------------------------------------------------------------------------

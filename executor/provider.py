@@ -82,6 +82,15 @@ CONFIG: dict[str, Any] = {
                 "10",
                 type="float",
             ),
+            "worker_timeout": _option(
+                "Seconds without a heartbeat after which a worker counts as lost and its "
+                "tasks are failed (and retried per their retries).",
+                "120",
+                type="float",
+            ),
+            "worker_check_interval": _option(
+                "How often (s) worker heartbeats are checked (one LIST).", "15", type="float"
+            ),
             "relay_threads": _option(
                 "Threads replaying relayed Execution API calls in parallel.", "8", type="integer"
             ),

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_mailbox.executor.liveness import WorkerWatch
 from edge_mailbox.executor.relay import ExecutionApi, is_run_call, route_allowed
 from edge_mailbox.executor.settings import ExecutorSettings
 from edge_mailbox.mailbox.codec import Signed
@@ -50,12 +51,22 @@ class Job:
     ti_key: Any = None
     token: str | None = None
     claim: Signed[Claim] | None = None
+    pool_slots: int = 1
+    enqueued_at: float = field(default_factory=time.time)
     finished: bool = False
     # Rebuilt from the bucket after a scheduler restart: answers given before it are not in
     # memory, so a request is checked against the bucket before it is replayed.
     rebuilt: bool = False
     answered: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def worker(self) -> str | None:
+        return self.claim.model.worker if self.claim else None
+
+    @property
+    def claimed_at(self) -> float | None:
+        return self.claim.model.claimed_at if self.claim else None
 
 
 class Reconciler:
@@ -81,6 +92,8 @@ class Reconciler:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="mailbox-reconciler", daemon=True)
         self.relist = True  # LIST once at start: items may be waiting from before a restart
+        self.watch = WorkerWatch(mailbox, settings.worker_keys, settings.worker_timeout)
+        self.last_watch = 0.0
         self.rejected: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -128,6 +141,9 @@ class Reconciler:
             except Exception:
                 log.exception("edge-mailbox reconciler: unexpected error; continuing")
                 self.relist = True
+            if time.monotonic() - self.last_watch > self.settings.worker_check_interval:
+                self.last_watch = time.monotonic()
+                self.check_workers()
             interval = self.settings.poll_active if outstanding else self.settings.poll_idle
             self.wake.wait(interval)
             self.wake.clear()
@@ -166,6 +182,26 @@ class Reconciler:
             handled += 1
         return handled
 
+    def check_workers(self) -> None:
+        """Fail the jobs of workers that stopped heartbeating, and jobs no worker can take."""
+        if not self.watch.refresh():
+            return
+        with self.jobs_lock:
+            jobs = [j for j in self.jobs.values() if not j.finished]
+        verdicts = self.watch.lost(jobs) + self.watch.unrunnable(
+            jobs, min_age=self.settings.worker_check_interval
+        )
+        for job, reason in verdicts:
+            with job.lock:
+                if job.finished:
+                    continue
+                job.finished = True
+            log.error("edge-mailbox: failing job %s: %s", job.job_id, reason)
+            self.events.put(("failed", job.job_id, reason))
+            if job.claim is None and job.manifest_key:
+                with contextlib.suppress(StoreError):
+                    self.mailbox.store.delete(job.manifest_key)
+
     def _reject(self, key: str, reason: str) -> None:
         if key not in self.rejected:
             log.warning("edge-mailbox: ignoring %s: %s", key, reason)
@@ -192,6 +228,8 @@ class Reconciler:
                 job_id=job_id,
                 ti_id=str(manifest.model.ti["id"]),
                 queue=manifest.model.queue,
+                pool_slots=manifest.model.pool_slots,
+                enqueued_at=manifest.model.enqueued_at,
                 rebuilt=True,
             )
             job.ti_key = _ti_key(manifest.model)

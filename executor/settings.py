@@ -32,6 +32,8 @@ class ExecutorSettings:
     poll_active: float
     poll_idle: float
     list_interval: float
+    worker_timeout: float
+    worker_check_interval: float
     relay_threads: int
     execution_api_url: str
     execution_api_timeout: float
@@ -115,6 +117,8 @@ def load_settings(conf: Any, execution_api_url: str) -> ExecutorSettings:
         poll_active=_float(conf, "poll_interval", "0.05", 0.01, 60),
         poll_idle=_float(conf, "poll_interval_idle", "5", 0.1, 3600),
         list_interval=_float(conf, "list_interval", "10", 0.5, 3600),
+        worker_timeout=_float(conf, "worker_timeout", "120", 5, 86400),
+        worker_check_interval=_float(conf, "worker_check_interval", "15", 1, 3600),
         relay_threads=int(_float(conf, "relay_threads", "8", 1, 256)),
         execution_api_url=execution_api_url.rstrip("/") + "/",
         execution_api_timeout=_float(conf, "execution_api_timeout", "30", 1, 600),

@@ -142,6 +142,12 @@ class Layout:
     def queue_root(self, queue: str) -> str:
         return f"{self.root}queues/{encode_name(queue)}/"
 
+    @property
+    def queues_marker(self) -> str:
+        """Rung with every queue marker: an idle worker polls this one object, however many
+        queues it serves, and looks at its queues' own markers only when it changed."""
+        return f"{self.root}queues.marker.json"
+
     def queue_marker(self, queue: str) -> str:
         return f"{self.queue_root(queue)}marker.json"
 
@@ -243,6 +249,12 @@ class Layout:
 
     def heartbeat(self, worker: str) -> str:
         return f"{self.heartbeats}{encode_name(worker, kind='worker', limit=MAX_WORKER_NAME)}.jws"
+
+    def parse_heartbeat(self, key: str) -> str | None:
+        """The worker name of a heartbeat key (None for a hashed, irreversible name)."""
+        if not key.startswith(self.heartbeats) or not key.endswith(".jws"):
+            raise ValueError(f"{key!r} is not a heartbeat key")
+        return decode_name(key[len(self.heartbeats) : -len(".jws")])
 
     def commands(self, worker: str) -> str:
         name = encode_name(worker, kind="worker", limit=MAX_WORKER_NAME)

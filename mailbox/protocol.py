@@ -17,6 +17,7 @@ from edge_mailbox.mailbox.layout import Layout, ManifestKey
 from edge_mailbox.mailbox.models import (
     ChangeMarker,
     Claim,
+    Heartbeat,
     JobManifest,
     JobResult,
     RelayRequest,
@@ -24,7 +25,7 @@ from edge_mailbox.mailbox.models import (
     Revocation,
     WireModel,
 )
-from edge_mailbox.mailbox.store import ObjectStore, Page
+from edge_mailbox.mailbox.store import Entry, ObjectStore, Page
 from edge_mailbox.signer import KeyRing, SigningKey
 
 JOSE = "application/jose"
@@ -91,7 +92,12 @@ class Mailbox:
         return self.store.list_page(self.layout.queue_jobs(queue), start_after=start_after)
 
     def bump_marker(self, queue: str) -> None:
+        """Ring a queue's marker, then the all-queues marker that idle workers watch."""
         self._ring(self.layout.queue_marker(queue), queue)
+        self._ring(self.layout.queues_marker, "queues")
+
+    def any_queue_changed(self, etag: str | None) -> tuple[bool, str | None]:
+        return self._changed(self.layout.queues_marker, etag)
 
     def marker_changed(self, queue: str, etag: str | None) -> tuple[bool, str | None]:
         """(changed, new etag) of a queue's marker: a cheap 304 when nothing changed."""
@@ -171,6 +177,21 @@ class Mailbox:
         return self._read(
             self.layout.relay_response(job_id, request_id), RelayResponse, scheduler_keys, bind
         )
+
+    # -- heartbeats ---------------------------------------------------------------------------
+
+    def put_heartbeat(self, heartbeat: Heartbeat, key: SigningKey, ttl: float) -> None:
+        bind = self.bind(worker=heartbeat.worker)
+        body = encode_signed(heartbeat, key, bind=bind, ttl=ttl)
+        self.store.put(self.layout.heartbeat(heartbeat.worker), body, content_type=JOSE)
+
+    def read_heartbeat(self, worker: str, worker_keys: KeyRing) -> Signed[Heartbeat]:
+        key = self.layout.heartbeat(worker)
+        return self._read(key, Heartbeat, worker_keys, self.bind(worker=worker))
+
+    def list_heartbeats(self) -> list[Entry]:
+        """All workers' liveness from LIST alone (LastModified): a page per 1,000 workers."""
+        return list(self.store.list_all(self.layout.heartbeats))
 
     # -- results and revocations -------------------------------------------------------------
 

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_mailbox import __version__
 from edge_mailbox.signer import KeyFileError, SigningKey
+from edge_mailbox.worker.control import RunDir, default_run_dir
 
-COMING = """\
-coming next:
-  stop         graceful stop: finish running tasks, take no new ones
-  maintenance  on --comment "..." [--wait] | off
-  status       JSON with state, queues, slots and running jobs
+EPILOG = """\
+examples:
+  edge-mailbox-worker keygen /etc/edge-worker/worker.pem
+  edge-mailbox-worker --queues default,gpu --concurrency 8
+  edge-mailbox-worker status
+  edge-mailbox-worker maintenance on --comment "disk swap" --wait
+  edge-mailbox-worker stop --wait
 """
 
 
@@ -47,7 +53,78 @@ def _run(args: argparse.Namespace) -> int:
     except WorkerConfigError as exc:
         print(f"edge-mailbox-worker: {exc}", file=sys.stderr)
         return 2
-    return Worker(settings, base_log_folder, bundles).run()
+    return Worker(settings, base_log_folder, bundles, run_dir=_run_dir(args)).run()
+
+
+def _worker_name(args: argparse.Namespace) -> str:
+    """The name as the running worker resolved it: flag, [edge_mailbox] worker_name, host."""
+    import socket
+
+    if getattr(args, "name", None):
+        return str(args.name)
+    from airflow.configuration import conf
+
+    return conf.get("edge_mailbox", "worker_name", fallback="") or socket.gethostname()
+
+
+def _run_dir(args: argparse.Namespace) -> RunDir:
+    path = getattr(args, "run_dir", None)
+    return RunDir(Path(path) if path else default_run_dir(_worker_name(args)))
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return predicate()
+
+
+def _status(args: argparse.Namespace) -> int:
+    run_dir = _run_dir(args)
+    status = run_dir.read_status()
+    if status is None:
+        print(f"edge-mailbox-worker: no worker status in {run_dir.path}", file=sys.stderr)
+        return 1
+    if not run_dir.running_pid():
+        status["state"] = "offline"
+    print(json.dumps(status, indent=2, sort_keys=True))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    run_dir = _run_dir(args)
+    pid = run_dir.request_stop()
+    if not pid:
+        print(f"edge-mailbox-worker: no running worker in {run_dir.path}", file=sys.stderr)
+        return 1
+    print(f"asked worker (pid {pid}) to stop: running tasks finish, no new ones start")
+    if args.wait and not _wait_until(lambda: run_dir.running_pid() is None, args.timeout):
+        print("edge-mailbox-worker: still running after --timeout", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _maintenance(args: argparse.Namespace) -> int:
+    run_dir = _run_dir(args)
+    if not run_dir.running_pid():
+        print(f"edge-mailbox-worker: no running worker in {run_dir.path}", file=sys.stderr)
+        return 1
+    on = args.mode == "on"
+    run_dir.set_maintenance(on, args.comment or "")
+    wanted = ("maintenance",) if on else ("idle", "running")
+    print(f"maintenance {args.mode} requested")
+    if args.wait:
+
+        def reached() -> bool:
+            return (run_dir.read_status() or {}).get("state") in wanted
+
+        if not _wait_until(reached, args.timeout):
+            print("edge-mailbox-worker: not there yet after --timeout", file=sys.stderr)
+            return 1
+        print(f"worker is in {'maintenance' if on else 'service'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edge-mailbox-worker",
         description="An Airflow edge worker that reaches nothing but an S3-compatible bucket. "
         "Without a command it runs the worker; flags override [edge_mailbox] in airflow.cfg.",
-        epilog=COMING,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edge-mailbox {__version__}")
@@ -76,8 +153,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scheduler-key", dest="scheduler_key", help="scheduler public key file(s) to trust"
     )
+    parser.add_argument(
+        "--drain-timeout",
+        dest="drain_timeout",
+        help="seconds running tasks may finish after stop (default 600)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        dest="heartbeat_interval",
+        help="seconds between heartbeats (default 30)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        dest="run_dir",
+        help="status/control folder (default $AIRFLOW_HOME/edge-mailbox-worker/NAME)",
+    )
     parser.set_defaults(func=_run)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    status = sub.add_parser("status", help="print the running worker's state as JSON")
+    status.set_defaults(func=_status)
+    stop = sub.add_parser("stop", help="graceful stop: running tasks finish, no new ones start")
+    stop.add_argument("--wait", action="store_true", help="wait until the worker has exited")
+    stop.add_argument("--timeout", type=float, default=3600.0)
+    stop.set_defaults(func=_stop)
+    maintenance = sub.add_parser(
+        "maintenance", help="stop taking jobs and drain (on), or resume (off)"
+    )
+    maintenance.add_argument("mode", choices=["on", "off"])
+    maintenance.add_argument("--comment", help="why; shown in the worker's heartbeat")
+    maintenance.add_argument(
+        "--wait", action="store_true", help="wait until drained (on) or back (off)"
+    )
+    maintenance.add_argument("--timeout", type=float, default=3600.0)
+    maintenance.set_defaults(func=_maintenance)
+    for command in (status, stop, maintenance):
+        command.add_argument(
+            "--name", help="the worker's name (default: as the worker resolves it)"
+        )
+        command.add_argument("--run-dir", dest="run_dir", help="the worker's run folder")
     keygen = sub.add_parser("keygen", help="write this worker's Ed25519 key pair")
     keygen.add_argument("output", type=Path, nargs="?", default=Path("worker.pem"))
     keygen.add_argument("--force", action="store_true", help="overwrite an existing file")

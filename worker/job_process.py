@@ -135,6 +135,16 @@ class ForkedJob:
                 os.killpg(self.pid, sig)
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the worker dies, so a killed worker leaves no orphan jobs
+    relaying on (the supervisor then stops its task as on any SIGTERM)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def fork_job(spec: dict[str, Any]) -> ForkedJob:
     """Fork a child that runs ``spec`` and exits with the supervisor's exit code.
 
@@ -145,6 +155,7 @@ def fork_job(spec: dict[str, Any]) -> ForkedJob:
     code = 1
     try:
         os.setsid()  # its own process group: the worker can stop the whole job tree
+        _die_with_parent()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         code = run(spec)

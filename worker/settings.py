@@ -5,7 +5,6 @@ setting at fault."""
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,8 @@ class WorkerSettings:
     poll_min: float = 0.1
     poll_max: float = 5.0
     relay_deadline: float = 900.0
+    heartbeat_interval: float = 30.0
+    drain_timeout: float = 600.0
 
 
 def _conf_get(conf: Any, key: str) -> str:
@@ -112,6 +113,17 @@ def resolve(args: argparse.Namespace, conf: Any = None) -> WorkerSettings:
             ring.add(PublicKey.from_file(Path(path)))
         except KeyFileError as exc:
             raise WorkerConfigError(f"scheduler key: {exc}") from None
+
+    def seconds(flag: str, option: str, default: str, low: float, high: float) -> float:
+        raw = pick(flag, option, default)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise WorkerConfigError(f"{option} = {raw!r} is not a number of seconds") from None
+        if not low <= value <= high:
+            raise WorkerConfigError(f"{option} = {value} must be between {low} and {high}")
+        return value
+
     return WorkerSettings(
         store=store,
         name=name,
@@ -119,6 +131,10 @@ def resolve(args: argparse.Namespace, conf: Any = None) -> WorkerSettings:
         concurrency=concurrency,
         key=key,
         scheduler_keys=ring,
-        poll_min=float(os.environ.get("EDGE_MAILBOX_WORKER_POLL_MIN", "0.1")),
-        poll_max=float(os.environ.get("EDGE_MAILBOX_WORKER_POLL_MAX", "5.0")),
+        poll_min=seconds("poll_min", "worker_poll_interval_min", "0.1", 0.01, 60),
+        poll_max=seconds("poll_max", "worker_poll_interval_idle", "5", 0.1, 600),
+        heartbeat_interval=seconds(
+            "heartbeat_interval", "worker_heartbeat_interval", "30", 1, 3600
+        ),
+        drain_timeout=seconds("drain_timeout", "worker_drain_timeout", "600", 0, 7 * 86400),
     )

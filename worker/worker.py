@@ -1,10 +1,18 @@
 """The worker process: find jobs in its queues, verify, claim, run, report.
 
-Single-threaded by design: it polls the queues' change markers with conditional GETs (a LIST
-only when a marker changed or slots freed up while jobs waited), verifies a manifest's
-signature and binding before anything else, claims it with a conditional create, and starts
-one process per job. When a job's process exits it uploads the task's log and writes the
-signed result. A storage error never crashes it: it backs off and tries again.
+Single-threaded by design, so that it can fork one process per job (see job_process.py):
+
+- it polls one all-queues change marker with a conditional GET, its queues' own markers only
+  when that changed, and LISTs a queue only when its marker changed or slots freed while jobs
+  waited; it polls fast while busy and backs off to ``poll_max`` when idle;
+- it verifies a manifest's signature and binding before anything else, claims it with a
+  conditional create, and forks the job's process;
+- when a job's process exits it uploads the task's log and writes the signed result;
+- it writes a heartbeat every ``heartbeat_interval`` and when its state changes;
+- it obeys SIGTERM/SIGINT and its run folder's control file (maintenance), drains running
+  jobs, and kills them after ``drain_timeout``.
+
+A storage error never crashes it: what could not be written waits and is retried.
 """
 
 from __future__ import annotations
@@ -20,14 +28,21 @@ from pathlib import Path
 from edge_mailbox import __version__
 from edge_mailbox.mailbox.errors import AlreadyExists, ProtocolError, StoreError
 from edge_mailbox.mailbox.layout import TaskCoordinates
-from edge_mailbox.mailbox.models import Claim, JobManifest, JobResult, JobState
+from edge_mailbox.mailbox.models import Claim, JobManifest, JobResult, JobState, WorkerState
 from edge_mailbox.mailbox.protocol import Mailbox, nonce
 from edge_mailbox.mailbox.store import ObjectStore
 from edge_mailbox.signer import SealKey, VerificationError, seal_bytes
+from edge_mailbox.worker.control import RunDir
+from edge_mailbox.worker.heartbeat import build_heartbeat
 from edge_mailbox.worker.job_process import ForkedJob, fork_job, make_spec, preload
 from edge_mailbox.worker.settings import WorkerSettings
 
 log = logging.getLogger("edge_mailbox.worker")
+KILL_GRACE_SECONDS = 10.0
+
+
+def major(version: str) -> str:
+    return version.split(".", 1)[0]
 
 
 @dataclass
@@ -36,6 +51,8 @@ class RunningJob:
     process: ForkedJob
     started_at: float
     stats_path: Path
+    killed: str = ""  # why the worker killed it, if it did
+    term_sent_at: float | None = None
 
 
 @dataclass
@@ -52,14 +69,22 @@ class Worker:
     settings: WorkerSettings
     base_log_folder: Path
     bundles: set[str] | None = None  # DAG bundles configured here; None: do not check
+    run_dir: RunDir | None = None
     mailbox: Mailbox = field(init=False)
     running: dict[str, RunningJob] = field(default_factory=dict)
     pending: list[PendingReport] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
     marker_etags: dict[str, str | None] = field(default_factory=dict)
+    queues_etag: str | None = None
     rescan: set[str] = field(default_factory=set)
     stopping: bool = False
+    stop_requested_at: float | None = None
+    maintenance: bool = False
+    maintenance_comment: str = ""
+    refusal: str = ""  # why this worker takes no new jobs (version mismatch)
     interval: float = 0.1
+    last_heartbeat: float = 0.0
+    last_state: WorkerState | None = None
 
     def __post_init__(self) -> None:
         self.mailbox = Mailbox(ObjectStore(self.settings.store))
@@ -69,11 +94,24 @@ class Worker:
         self.stats_dir = (
             Path(stats) if stats else Path(tempfile.mkdtemp(prefix="edge-mailbox-worker-"))
         )
+        self.started = time.monotonic()
 
     @property
     def free_slots(self) -> int:
         used = sum(job.manifest.pool_slots for job in self.running.values())
         return self.settings.concurrency - used
+
+    @property
+    def accepting(self) -> bool:
+        return not (self.stopping or self.maintenance or self.refusal)
+
+    @property
+    def state(self) -> WorkerState:
+        if self.stopping:
+            return WorkerState.STOPPING
+        if self.maintenance or self.refusal:
+            return WorkerState.MAINTENANCE_PENDING if self.running else WorkerState.MAINTENANCE
+        return WorkerState.RUNNING if self.running else WorkerState.IDLE
 
     # -- main loop ---------------------------------------------------------------------------
 
@@ -81,6 +119,8 @@ class Worker:
         preload()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        if self.run_dir:
+            self.run_dir.claim_pid()
         log.info(
             "worker %s: queues %s, concurrency %d, bucket %s/%s",
             self.settings.name,
@@ -89,32 +129,149 @@ class Worker:
             self.settings.store.bucket,
             self.settings.store.prefix,
         )
-        while not (self.stopping and not self.running and not self.pending):
-            activity = self._reap()
-            if not self.stopping and self.free_slots > 0:
-                try:
-                    activity |= self._poll_queues()
-                except StoreError as exc:
-                    log.warning("bucket unavailable (%s); backing off", exc)
-                    self.interval = min(max(self.interval, 1.0) * 2, 30.0)
-            self._report_pending()
-            if activity:
-                self.interval = self.settings.poll_min
-            else:
-                self.interval = min(self.interval * 1.25, self.settings.poll_max)
-            time.sleep(min(self.interval, 0.2) if self.running else self.interval)
+        self._heartbeat(WorkerState.STARTING)
+        try:
+            while not (self.stopping and not self.running and not self.pending):
+                self._loop_once()
+        finally:
+            self._heartbeat(WorkerState.OFFLINE)
+            self._write_stats()
+            if self.run_dir:
+                self.run_dir.release()
         log.info("worker %s stopped", self.settings.name)
         return 0
 
+    def _loop_once(self) -> None:
+        self._read_control()
+        activity = self._reap()
+        self._enforce_drain_timeout()
+        if self.accepting and self.free_slots > 0:
+            try:
+                activity |= self._poll_queues()
+            except StoreError as exc:
+                log.warning("bucket unavailable (%s); backing off", exc)
+                self.interval = min(max(self.interval, 1.0) * 2, 30.0)
+        self._report_pending()
+        self._heartbeat_if_due()
+        if activity:
+            self.interval = self.settings.poll_min
+        else:
+            self.interval = min(self.interval * 1.25, self.settings.poll_max)
+        time.sleep(min(self.interval, 0.2) if self.running else self.interval)
+
     def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.stopping:  # a second signal: do not wait for the drain timeout
+            log.warning("signal %d again: killing %d running jobs", signum, len(self.running))
+            self.stop_requested_at = time.monotonic() - self.settings.drain_timeout
+            return
         log.info(
             "signal %d: finishing %d running jobs, taking no new ones", signum, len(self.running)
         )
         self.stopping = True
+        self.stop_requested_at = time.monotonic()
+
+    def _read_control(self) -> None:
+        if not self.run_dir:
+            return
+        control = self.run_dir.control_changed()
+        if control is None:
+            return
+        on = bool(control.get("maintenance"))
+        if on != self.maintenance:
+            self.maintenance = on
+            self.maintenance_comment = str(control.get("comment", ""))[:1024] if on else ""
+            log.info(
+                "maintenance %s%s",
+                "on" if on else "off",
+                f": {self.maintenance_comment}" if on else "",
+            )
+
+    def _enforce_drain_timeout(self) -> None:
+        if self.stop_requested_at is None:
+            return
+        overdue = time.monotonic() - self.stop_requested_at >= self.settings.drain_timeout
+        for job in self.running.values():
+            if overdue and job.term_sent_at is None:
+                log.warning("drain timeout: stopping job %s", job.manifest.job_id)
+                job.killed = "killed: the worker was stopped and its drain timeout passed"
+                job.term_sent_at = time.monotonic()
+                job.process.kill(signal.SIGTERM)
+            elif job.term_sent_at and time.monotonic() - job.term_sent_at > KILL_GRACE_SECONDS:
+                job.process.kill(signal.SIGKILL)
+
+    # -- status and heartbeats ---------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        return {
+            "worker": self.settings.name,
+            "pid": os.getpid(),
+            "state": self.state.value,
+            "queues": list(self.settings.queues),
+            "concurrency": self.settings.concurrency,
+            "free_slots": self.free_slots,
+            "running_jobs": [
+                {
+                    "job_id": job_id,
+                    "task": _describe(job.manifest),
+                    "pool_slots": job.manifest.pool_slots,
+                    "started_at": job.started_at,
+                }
+                for job_id, job in self.running.items()
+            ],
+            "maintenance_comment": self.maintenance_comment or self.refusal,
+            "version": __version__,
+            "last_heartbeat": self.last_heartbeat,
+            "bucket": f"{self.settings.store.bucket}/{self.settings.store.prefix}",
+        }
+
+    def _heartbeat_if_due(self) -> None:
+        state = self.state
+        due = time.time() - self.last_heartbeat >= self.settings.heartbeat_interval
+        if state != self.last_state or due:
+            self._heartbeat(state)
+        elif self.run_dir and state != self.last_state:
+            self.run_dir.write_status(self.status())
+
+    def _heartbeat(self, state: WorkerState) -> None:
+        self.last_state = state
+        heartbeat = build_heartbeat(
+            self.settings.name,
+            state,
+            self.settings.queues,
+            self.settings.concurrency,
+            self.free_slots,
+            list(self.running),
+            self.maintenance_comment or self.refusal,
+            self.base_log_folder,
+        )
+        try:
+            ttl = max(self.settings.heartbeat_interval * 10, 300.0)
+            self.mailbox.put_heartbeat(heartbeat, self.settings.key, ttl)
+            self.last_heartbeat = heartbeat.sent_at
+        except StoreError as exc:
+            log.warning("heartbeat waits: bucket unavailable (%s)", exc)
+        if self.run_dir:
+            self.run_dir.write_status(self.status())
+
+    def _write_stats(self) -> None:
+        path = self.stats_dir / f"worker-{self.settings.name}.json"
+        import json
+
+        path.write_text(
+            json.dumps(
+                {
+                    "requests": self.mailbox.store.counter.snapshot(),
+                    "seconds": time.monotonic() - self.started,
+                }
+            )
+        )
 
     # -- finding and claiming ----------------------------------------------------------------
 
     def _poll_queues(self) -> bool:
+        changed_any, self.queues_etag = self.mailbox.any_queue_changed(self.queues_etag)
+        if not changed_any and not self.rescan:
+            return False
         claimed = False
         for queue in self.settings.queues:
             changed, etag = self.mailbox.marker_changed(queue, self.marker_etags.get(queue))
@@ -122,48 +279,45 @@ class Worker:
             if changed or queue in self.rescan:
                 self.rescan.discard(queue)
                 claimed |= self._scan(queue)
-            if self.free_slots <= 0:
+            if self.free_slots <= 0 or not self.accepting:
                 break
         return claimed
 
-    def _scan(self, queue: str) -> bool:
-        """One LIST page of the queue, highest priority then oldest first; claim what fits."""
+    def _candidates(self, queue: str) -> tuple[list[tuple[str, str]], bool]:
+        """(key, job id) of unseen manifests in claim order, and whether the page was cut.
+
+        LIST order is priority, then age. Among the jobs of the top priority, each worker
+        starts at its own offset (a hash of its name), so that many workers on one queue do
+        not all race for the same job: a lost race still costs only one request."""
         page = self.mailbox.list_queue(queue)
-        claimed = False
+        rows: list[tuple[str, str, int]] = []
         for entry in page.entries:
             try:
-                job_id = self.mailbox.layout.parse_manifest(entry.key).job_id
+                parsed = self.mailbox.layout.parse_manifest(entry.key)
             except ValueError:
                 continue
-            if job_id in self.seen:
-                continue
+            if parsed.job_id not in self.seen:
+                rows.append((entry.key, parsed.job_id, parsed.priority))
+        if not rows:
+            return [], page.truncated
+        top = [r for r in rows if r[2] == rows[0][2]]
+        offset = sum(self.settings.name.encode()) % len(top)
+        ordered = top[offset:] + top[:offset] + rows[len(top) :]
+        return [(key, job_id) for key, job_id, _ in ordered], page.truncated
+
+    def _scan(self, queue: str) -> bool:
+        """One LIST page of the queue; verify and claim what fits."""
+        candidates, truncated = self._candidates(queue)
+        claimed = False
+        for index, (key, job_id) in enumerate(candidates):
             try:
-                raw, signed = self.mailbox.read_manifest(
-                    entry.key, queue, self.settings.scheduler_keys
-                )
+                raw, signed = self.mailbox.read_manifest(key, queue, self.settings.scheduler_keys)
             except (VerificationError, ProtocolError) as exc:
-                log.warning("refusing manifest %s: %s", entry.key, exc)
+                log.warning("refusing manifest %s: %s", key, exc)
                 self.seen.add(job_id)
                 continue
             manifest = signed.model
-            bundle = str(manifest.bundle_info.get("name"))
-            if self.bundles is not None and bundle not in self.bundles:
-                log.warning(
-                    "not claiming job %s: it needs DAG bundle %r, and this worker has only %s "
-                    "([dag_processor] dag_bundle_config_list must match the scheduler's)",
-                    job_id,
-                    bundle,
-                    ", ".join(sorted(self.bundles)) or "none",
-                )
-                self.seen.add(job_id)
-                continue
-            if manifest.pool_slots > self.settings.concurrency:
-                log.warning(
-                    "job %s needs %d slots; this worker has %d",
-                    job_id,
-                    manifest.pool_slots,
-                    self.settings.concurrency,
-                )
+            if not self._acceptable(job_id, manifest):
                 self.seen.add(job_id)
                 continue
             if manifest.pool_slots > self.free_slots:
@@ -172,14 +326,43 @@ class Worker:
             if self._claim(queue, raw, manifest):
                 claimed = True
             self.seen.add(job_id)
-            if self.free_slots <= 0:
-                if page.entries[-1].key != entry.key:
+            if self.free_slots <= 0 or not self.accepting:
+                if index < len(candidates) - 1:
                     self.rescan.add(queue)
                 break
         else:
-            if page.truncated:
+            if truncated:
                 self.rescan.add(queue)
         return claimed
+
+    def _acceptable(self, job_id: str, manifest: JobManifest) -> bool:
+        if major(manifest.scheduler_version) != major(__version__):
+            self.refusal = (
+                f"version mismatch: the scheduler side runs edge-mailbox "
+                f"{manifest.scheduler_version}, this worker {__version__}; finishing running "
+                "jobs, taking no new ones"
+            )
+            log.error("%s (job %s)", self.refusal, job_id)
+            return False
+        bundle = str(manifest.bundle_info.get("name"))
+        if self.bundles is not None and bundle not in self.bundles:
+            log.warning(
+                "not claiming job %s: it needs DAG bundle %r, and this worker has only %s "
+                "([dag_processor] dag_bundle_config_list must match the scheduler's)",
+                job_id,
+                bundle,
+                ", ".join(sorted(self.bundles)) or "none",
+            )
+            return False
+        if manifest.pool_slots > self.settings.concurrency:
+            log.warning(
+                "not claiming job %s: it needs %d slots; this worker has %d",
+                job_id,
+                manifest.pool_slots,
+                self.settings.concurrency,
+            )
+            return False
+        return True
 
     def _claim(self, queue: str, raw: bytes, manifest: JobManifest) -> bool:
         seal_key = SealKey.generate()
@@ -198,8 +381,11 @@ class Worker:
         except AlreadyExists:
             return False
         log.info("claimed job %s (%s)", manifest.job_id, _describe(manifest))
-        self.mailbox.notify(self.mailbox.layout.inbox_claim(manifest.job_id))
         self._start(queue, raw, manifest, seal_key)
+        try:
+            self.mailbox.notify(self.mailbox.layout.inbox_claim(manifest.job_id))
+        except StoreError as exc:  # the scheduler side also finds claims through relay calls
+            log.warning("claim notice for %s failed (%s)", manifest.job_id, exc)
         return True
 
     def _start(self, queue: str, raw: bytes, manifest: JobManifest, seal_key: SealKey) -> None:
@@ -217,6 +403,7 @@ class Worker:
         )
         process = fork_job(spec)
         self.running[manifest.job_id] = RunningJob(manifest, process, time.time(), stats_path)
+        self._heartbeat(self.state)
 
     # -- finishing ---------------------------------------------------------------------------
 
@@ -246,14 +433,18 @@ class Worker:
     def _report(self, report: PendingReport) -> None:
         manifest = report.job.manifest
         chunks = self._upload_log(manifest)
+        ok = report.exit_code == 0 and not report.job.killed
+        message = report.job.killed or (
+            "" if ok else f"task process exited with {report.exit_code}"
+        )
         result = JobResult(
             job_id=manifest.job_id,
             worker=self.settings.name,
-            state=JobState.SUCCESS if report.exit_code == 0 else JobState.FAILED,
+            state=JobState.SUCCESS if ok else JobState.FAILED,
             exit_code=report.exit_code,
             started_at=report.job.started_at,
             finished_at=report.finished_at,
-            message="" if report.exit_code == 0 else f"task process exited with {report.exit_code}",
+            message=message,
             log_chunks=chunks,
         )
         self.mailbox.put_result(result, self.settings.key)
