@@ -1,0 +1,255 @@
+"""Ship a running task's log to the bucket in sealed chunks, so the UI shows it while it runs.
+
+Airflow's task process appends JSON lines to ``base_log_folder/log_path``; this file stays the
+local copy. ``LogShipper`` uploads what was appended since the last upload as chunk ``seq``
+(``logs/.../try={n}/{job}/{seq:08d}.chunk``), sealed like relayed data to the scheduler
+side's key for the job. It is driven by the worker's single-threaded loop (``tick``), never by
+a thread of its own, and makes these guarantees to the reader (executor/task_log.py):
+
+- order and completeness: chunk ``seq`` holds the bytes that follow chunk ``seq - 1``; the
+  offset and ``seq`` advance only after the PUT succeeded, and a failed PUT is retried later
+  with the same key and the same byte range, so a chunk whose answer was lost and which is
+  written again replaces itself: no line is lost, none appears twice;
+- while the task runs only complete lines are shipped (a reader never sees half a line that
+  the next chunk completes); ``finish`` ships the rest, a partial last line included;
+- a chunk holds at most ``chunk_size`` bytes of log: a big backlog becomes several chunks.
+
+``cleanup_local_logs`` rotates the local copies: Airflow never deletes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_mailbox.mailbox.errors import StoreError
+from edge_mailbox.mailbox.layout import TaskCoordinates
+from edge_mailbox.mailbox.models import JobManifest
+from edge_mailbox.mailbox.protocol import Mailbox
+from edge_mailbox.signer import seal_bytes
+
+log = logging.getLogger("edge_mailbox.worker.logship")
+
+CHUNK_CONTENT_TYPE = "application/octet-stream"
+# How many chunks one tick may upload: a backlog keeps the next ticks busy (``tick`` ships
+# again as soon as ``chunk_size`` bytes wait), but one tick never holds the loop for long.
+MAX_CHUNKS_PER_TICK = 4
+MAX_BACKOFF = 60.0
+
+
+def coordinates(manifest: JobManifest) -> TaskCoordinates:
+    """The task-instance try a job's log belongs to, from the manifest's TaskInstance DTO."""
+    ti = manifest.ti
+    map_index = ti.get("map_index")
+    return TaskCoordinates(
+        dag_id=ti["dag_id"],
+        run_id=ti["run_id"],
+        task_id=ti["task_id"],
+        map_index=-1 if map_index is None else int(map_index),
+        try_number=int(ti["try_number"]),
+    )
+
+
+class LogShipper:
+    """Uploads one job's log file as ordered, sealed chunks while the job runs, then the rest.
+
+    ``skip_existing`` starts after what the file already holds: the worker sets it when it
+    creates the shipper before it starts the job, so that the lines of an earlier job of the
+    same try on this machine (a deferred task resumed here appends to the same file) are not
+    shipped a second time under the new job.
+    """
+
+    def __init__(
+        self,
+        mailbox: Mailbox,
+        manifest: JobManifest,
+        log_file: Path,
+        *,
+        interval: float = 5.0,
+        chunk_size: int = 256 * 1024,
+        skip_existing: bool = False,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        self.mailbox = mailbox
+        self.manifest = manifest
+        self.log_file = Path(log_file)
+        self.interval = interval
+        self.chunk_size = chunk_size
+        self.coordinates = coordinates(manifest)
+        self.offset = self._size() if skip_existing else 0  # bytes of the file in the bucket
+        self.seq = 0  # the next chunk's sequence number
+        self.finished = False
+        self._retry_end: int | None = None  # end of a chunk whose upload failed: same range
+        self._last_upload: float | None = None
+        self._not_before = 0.0  # after a failure, the next try waits (exponential backoff)
+        self._backoff = 0.0
+
+    # -- the worker loop's calls ---------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Ship complete new lines when ``interval`` passed or ``chunk_size`` bytes wait.
+
+        ``now`` is any steadily increasing clock (``time.monotonic()``). Never raises a
+        StoreError: the bucket being away is logged, and the lines wait for the next try."""
+        if self.finished:
+            return
+        if self._last_upload is None:
+            self._last_upload = now  # the interval counts from the first tick (job start)
+        if now < self._not_before:
+            return
+        waiting = self._size() - self.offset
+        if waiting <= 0:
+            return
+        if now - self._last_upload < self.interval and waiting < self.chunk_size:
+            return
+        try:
+            self._ship(complete_lines_only=True, max_chunks=MAX_CHUNKS_PER_TICK)
+        except StoreError as exc:
+            self._backoff = min(max(self._backoff * 2, 1.0), MAX_BACKOFF)
+            self._not_before = now + self._backoff
+            log.warning(
+                "log of job %s: chunk %d waits, bucket unavailable (%s); next try in %.0f s",
+                self.manifest.job_id,
+                self.seq,
+                exc,
+                self._backoff,
+            )
+            return
+        self._backoff = 0.0
+        self._last_upload = now
+
+    def finish(self) -> int:
+        """Ship everything left, a partial last line included; return the number of chunks.
+
+        Call it after the job's process exited. May raise StoreError: nothing is lost, and a
+        later call continues where this one stopped."""
+        if not self.finished:
+            self._ship(complete_lines_only=False, max_chunks=None)
+            self.finished = True
+        return self.seq
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:  # not created yet by the task process, or gone
+            return 0
+
+    def _ship(self, *, complete_lines_only: bool, max_chunks: int | None) -> None:
+        shipped = 0
+        while max_chunks is None or shipped < max_chunks:
+            data = self._next_chunk(complete_lines_only)
+            if not data:
+                return
+            self._upload(self.seq, data)  # raises StoreError: offset and seq stay
+            self.offset += len(data)
+            self.seq += 1
+            self._retry_end = None
+            shipped += 1
+
+    def _next_chunk(self, complete_lines_only: bool) -> bytes:
+        """The bytes of the next chunk, from ``offset``: the same range as a failed attempt,
+        else up to ``chunk_size`` bytes cut after their last newline, so that a reader never
+        shows half a line that the next chunk completes. Only ``finish`` ships a partial last
+        line, and a line longer than a chunk goes in pieces: it cannot wait for ever."""
+        end = self._retry_end
+        try:
+            with open(self.log_file, "rb") as handle:
+                handle.seek(self.offset)
+                if end is not None:
+                    return handle.read(end - self.offset)
+                data = handle.read(self.chunk_size)
+        except FileNotFoundError:
+            return b""
+        if not data or data.endswith(b"\n"):
+            return data
+        full = len(data) == self.chunk_size
+        if not full and not complete_lines_only:
+            return data  # the end of the file, a partial last line included
+        cut = data.rfind(b"\n")
+        if cut >= 0:
+            return data[: cut + 1]
+        return data if full else b""  # a line still being written: wait for its end
+
+    def _upload(self, seq: int, data: bytes) -> None:
+        self._retry_end = self.offset + len(data)
+        job_id = self.manifest.job_id
+        key = self.mailbox.layout.log_chunk(self.coordinates, job_id, seq)
+        sealed = seal_bytes(
+            data, self.manifest.seal_key, context=self.mailbox.log_context(job_id, seq)
+        )
+        self.mailbox.store.put(key, sealed, content_type=CHUNK_CONTENT_TYPE)
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """What ``cleanup_local_logs`` removed, for the worker's log line."""
+
+    files: int
+    bytes: int
+
+
+def cleanup_local_logs(
+    base: Path,
+    max_age_days: float,
+    max_total_bytes: int,
+    *,
+    keep: frozenset[Path] | set[Path] = frozenset(),
+    now: float | None = None,
+) -> Cleanup:
+    """Delete task log files (``*.log``) under ``base`` older than ``max_age_days``, then the
+    oldest ones until the rest weigh at most ``max_total_bytes``; then empty folders.
+
+    ``keep`` names files never to delete: the logs of jobs still running or whose log is not
+    in the bucket yet (the worker passes them). Files only: a folder goes when it is empty.
+    """
+    now = time.time() if now is None else now
+    kept = {Path(p).resolve() for p in keep}
+    files: list[tuple[float, int, Path]] = []
+    for path in Path(base).rglob("*.log"):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if path.is_file() and path.resolve() not in kept:
+            files.append((info.st_mtime, info.st_size, path))
+    files.sort()  # oldest first
+    total = sum(size for _, size, _ in files) + sum(_size_of(p) for p in kept)
+    cutoff = now - max_age_days * 86400
+    removed = removed_bytes = 0
+    base = Path(base)
+    for mtime, size, path in files:
+        if mtime >= cutoff and total <= max_total_bytes:
+            break  # sorted oldest first: everything after is younger and fits
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.warning("could not delete old log %s: %s", path, exc)
+            continue
+        total -= size
+        removed += 1
+        removed_bytes += size
+        _remove_empty_parents(path.parent, base)
+    return Cleanup(removed, removed_bytes)
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _remove_empty_parents(folder: Path, base: Path) -> None:
+    """Remove the folders a deleted file leaves empty, up to (not including) ``base``; only
+    those: a folder a starting task has just made for its log is not ours to remove."""
+    while folder != base and base in folder.parents:
+        try:
+            folder.rmdir()  # fails unless empty
+        except OSError:
+            return
+        folder = folder.parent
