@@ -32,6 +32,8 @@ from infra.devstore import DevStore, free_ports  # noqa: E402
 BIN = Path(sys.executable).parent
 DAGS = ROOT / "demo" / "dags"
 MAILBOX_EXECUTOR = "edge_mailbox.executor.MailboxExecutor"
+# Scheduler side only: reads finished tasks' logs from the bucket (executor/log_config.py).
+LOG_CONFIG_CLASS = "edge_mailbox.executor.log_config.LOGGING_CONFIG"
 
 
 def _ini(sections: dict[str, dict[str, Any]]) -> str:
@@ -51,6 +53,7 @@ class Stack:
     prefix: str = "edge-mailbox"
     parallelism: int = 32
     scheduler_options: dict[str, Any] = field(default_factory=dict)  # extra [edge_mailbox]
+    logging_config_class: str | None = LOG_CONFIG_CLASS
     store: DevStore | None = None
     port: int = 0
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -110,7 +113,15 @@ class Stack:
             "database": {"sql_alchemy_conn": f"sqlite:///{self.home / 'airflow.db'}"},
             "api": {"base_url": self.api, "port": self.port, "host": "127.0.0.1", "workers": 1},
             "api_auth": {"jwt_secret": secrets.token_urlsafe(32)},
-            "logging": {"base_log_folder": self.home / "logs", "colored_console_log": "False"},
+            "logging": {
+                "base_log_folder": self.home / "logs",
+                "colored_console_log": "False",
+                **(
+                    {"logging_config_class": self.logging_config_class}
+                    if self.logging_config_class
+                    else {}
+                ),
+            },
             "scheduler": {"scheduler_heartbeat_sec": 1, "min_file_process_interval": 30},
             "dag_processor": {"refresh_interval": 5},
             "edge_mailbox": {
@@ -302,6 +313,17 @@ class Stack:
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
         return self._request("GET", path)["value"]
+
+    def task_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
+    ) -> list[dict[str, Any]]:
+        """A task try's log as the UI gets it: the REST API's structured messages (each a dict
+        with ``event``, and ``timestamp``, ``level``... when the line was a JSON log record)."""
+        path = (
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+            f"?map_index={map_index}"
+        )
+        return self._request("GET", path)["content"]
 
     def bucket_client(self) -> Any:
         from edge_mailbox.mailbox.config import StoreConfig

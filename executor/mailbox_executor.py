@@ -23,6 +23,7 @@ from airflow.executors.base_executor import BaseExecutor, get_execution_api_serv
 from edge_mailbox import __version__
 from edge_mailbox.executor.reconciler import Event, Job, Reconciler
 from edge_mailbox.executor.settings import ExecutorSettings, load_settings
+from edge_mailbox.executor.task_log import read_running_log
 from edge_mailbox.mailbox.layout import new_id
 from edge_mailbox.mailbox.models import JobManifest
 from edge_mailbox.mailbox.protocol import Mailbox
@@ -31,6 +32,7 @@ from edge_mailbox.signer import SealKey
 
 if TYPE_CHECKING:
     from airflow.executors.workloads import ExecuteTask
+    from airflow.models.taskinstance import TaskInstance
     from airflow.models.taskinstancekey import TaskInstanceKey
 
 log = logging.getLogger(__name__)
@@ -175,3 +177,14 @@ class MailboxExecutor(BaseExecutor):
             else:
                 self.fail(key, info)
                 self._keys_by_job.pop(job_id, None)
+
+    # -- logs --------------------------------------------------------------------------------
+
+    def get_task_log(self, ti: TaskInstance, try_number: int) -> tuple[list[str], list[str]]:
+        """``(sources, lines)`` of a RUNNING task's log, from the chunks its worker uploads.
+
+        Airflow calls this in the api-server, on an instance whose ``start()`` never ran, so
+        the bucket and key come from airflow.cfg on first use (task_log.reader_from_conf).
+        The sources are never empty: otherwise Airflow would ask the worker's log server on
+        port 8793, which edge workers do not run and cannot be reached on."""
+        return read_running_log(ti, try_number)
