@@ -4,6 +4,8 @@ reads them back, against real SeaweedFS, with dropped answers, 503s and an outag
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +325,34 @@ def test_cleanup_local_logs_by_age_and_total_size(tmp_path: Path) -> None:
     assert not old.exists() and middle.exists() and running.exists() and fresh.exists()
     assert other.exists() and (tmp_path / "dag_id=b" / "run_id=2").is_dir()
     assert cleanup_local_logs(tmp_path, 30, 1000, keep={running}, now=now).files == 0
+
+
+@pytest.mark.parametrize("bucket", ["edge-bucket", ""])
+def test_log_config_class_wires_the_reader_with_remote_logging_off(
+    tmp_path: Path, bucket: str
+) -> None:
+    """Tier 1 of Airflow's remote-log resolution: REMOTE_TASK_LOG of logging_config_class,
+    with [logging] remote_logging = False. No bucket configured: Airflow still starts."""
+    (tmp_path / "airflow.cfg").write_text(
+        "[core]\nload_examples = False\n"
+        "[logging]\nremote_logging = False\n"
+        "logging_config_class = edge_mailbox.executor.log_config.LOGGING_CONFIG\n"
+        f"[edge_mailbox]\nbucket = {bucket}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AWS_"))}
+    code = (
+        "from airflow.logging_config import configure_logging, get_remote_task_log\n"
+        "configure_logging()\n"
+        "print('remote:', type(get_remote_task_log()).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "AIRFLOW_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = "MailboxRemoteLogIO" if bucket else "NoneType"
+    assert f"remote: {expected}" in done.stdout
+    assert bucket or "[edge_mailbox] bucket is not set" in done.stdout + done.stderr

@@ -202,10 +202,12 @@ def cleanup_local_logs(
     now: float | None = None,
 ) -> Cleanup:
     """Delete task log files (``*.log``) under ``base`` older than ``max_age_days``, then the
-    oldest ones until the rest weigh at most ``max_total_bytes``; then empty folders.
+    oldest ones until the rest weigh at most ``max_total_bytes``, and the folders they leave
+    empty. Airflow never deletes a task's local log; a worker that runs for months would
+    fill its disk.
 
     ``keep`` names files never to delete: the logs of jobs still running or whose log is not
-    in the bucket yet (the worker passes them). Files only: a folder goes when it is empty.
+    in the bucket yet (the worker passes them); they count towards the total all the same.
     """
     now = time.time() if now is None else now
     kept = {Path(p).resolve() for p in keep}
