@@ -24,13 +24,17 @@ from typing import Any
 
 from edge_mailbox.executor.liveness import WorkerWatch
 from edge_mailbox.executor.relay import ExecutionApi, is_run_call, route_allowed
-from edge_mailbox.executor.settings import ExecutorSettings
+from edge_mailbox.executor.settings import (
+    EdgeMailboxConfigError,
+    ExecutorSettings,
+    load_worker_keys,
+)
 from edge_mailbox.mailbox.codec import Signed
 from edge_mailbox.mailbox.errors import AlreadyExists, NotFound, ProtocolError, StoreError
 from edge_mailbox.mailbox.models import Claim, JobManifest, JobState
 from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.mailbox.relaycodec import error_answer, open_call, seal_answer
-from edge_mailbox.signer import KeyRing, SealError, SealKey, VerificationError
+from edge_mailbox.signer import KeyRing, Reason, SealError, SealKey, VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,7 @@ class Job:
     pool_slots: int = 1
     enqueued_at: float = field(default_factory=time.time)
     finished: bool = False
+    reported_running: bool = False
     # Rebuilt from the bucket after a scheduler restart: answers given before it are not in
     # memory, so a request is checked against the bucket before it is replayed.
     rebuilt: bool = False
@@ -94,6 +99,7 @@ class Reconciler:
         self.relist = True  # LIST once at start: items may be waiting from before a restart
         self.watch = WorkerWatch(mailbox, settings.worker_keys, settings.worker_timeout)
         self.last_watch = 0.0
+        self.keys_loaded_at = time.monotonic()
         self.rejected: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -182,12 +188,60 @@ class Reconciler:
             handled += 1
         return handled
 
+    def discover_claims(self, jobs: list[Job]) -> None:
+        """Find claims whose inbox notice never came (the worker died right after claiming).
+
+        Job ids sort by time, so one LIST of jobs/ after the oldest job we still see as
+        unclaimed covers them all, however long the backlog of queued jobs."""
+        waiting = sorted(
+            j.job_id
+            for j in jobs
+            if j.claim is None and time.time() - j.enqueued_at > self.settings.worker_check_interval
+        )
+        if not waiting:
+            return
+        wanted = set(waiting)
+        after = self.mailbox.layout.job_root(waiting[0]).rstrip("/")
+        for _ in range(3):  # a few pages at most; the rest waits for the next check
+            page = self.mailbox.store.list_page(
+                f"{self.mailbox.layout.root}jobs/", start_after=after
+            )
+            for entry in page.entries:
+                job_id = entry.key[len(f"{self.mailbox.layout.root}jobs/") :].split("/", 1)[0]
+                if entry.key.endswith("/claim.jws") and job_id in wanted:
+                    log.info("edge-mailbox: found claim of %s without its notice", job_id)
+                    self._on_claim(None, job_id)
+            if not page.truncated:
+                return
+            after = page.last_key
+
+    def reload_worker_keys(self) -> None:
+        """Pick up enrolled and removed worker keys (.pub files) without a restart."""
+        self.keys_loaded_at = time.monotonic()
+        try:
+            fresh = load_worker_keys(self.settings.worker_keys_spec)
+        except EdgeMailboxConfigError as exc:
+            log.error("edge-mailbox: keeping the trusted worker keys as they were: %s", exc)
+            return
+        added, removed = self.settings.worker_keys.replace_with(fresh)
+        if added or removed:
+            log.info(
+                "edge-mailbox: worker keys now trusted: +%s -%s",
+                ",".join(sorted(added)) or "none",
+                ",".join(sorted(removed)) or "none",
+            )
+
     def check_workers(self) -> None:
         """Fail the jobs of workers that stopped heartbeating, and jobs no worker can take."""
+        self.reload_worker_keys()
         if not self.watch.refresh():
             return
         with self.jobs_lock:
             jobs = [j for j in self.jobs.values() if not j.finished]
+        try:
+            self.discover_claims(jobs)
+        except StoreError as exc:
+            log.warning("edge-mailbox: cannot look for claims (%s)", exc)
         verdicts = self.watch.lost(jobs) + self.watch.unrunnable(
             jobs, min_age=self.settings.worker_check_interval
         )
@@ -202,7 +256,10 @@ class Reconciler:
                 with contextlib.suppress(StoreError):
                     self.mailbox.store.delete(job.manifest_key)
 
-    def _reject(self, key: str, reason: str) -> None:
+    def _reject(self, key: str | None, reason: str) -> None:
+        if key is None:
+            log.warning("edge-mailbox: %s", reason)
+            return
         if key not in self.rejected:
             log.warning("edge-mailbox: ignoring %s: %s", key, reason)
             self.rejected.add(key)
@@ -217,7 +274,14 @@ class Reconciler:
             job = self.jobs.get(job_id)
         if job and job.claim:
             return job
-        claim = self.mailbox.read_claim(job_id, self.settings.worker_keys)
+        try:
+            claim = self.mailbox.read_claim(job_id, self.settings.worker_keys)
+        except VerificationError as exc:
+            # A worker enrolled a moment ago: look at the key files again (at most each 5 s).
+            if exc.reason is not Reason.UNKNOWN_KEY or time.monotonic() - self.keys_loaded_at < 5:
+                raise
+            self.reload_worker_keys()
+            claim = self.mailbox.read_claim(job_id, self.settings.worker_keys)
         if claim.model.job_id != job_id:
             raise ProtocolError(f"claim names job {claim.model.job_id}")
         manifest = self.mailbox.verify_manifest(
@@ -244,7 +308,7 @@ class Reconciler:
         job.claim = claim
         return job
 
-    def _on_claim(self, key: str, job_id: str) -> None:
+    def _on_claim(self, key: str | None, job_id: str) -> None:
         try:
             job = self._job_from_claim(job_id)
         except NotFound:
@@ -253,12 +317,21 @@ class Reconciler:
         except (VerificationError, ProtocolError) as exc:
             self._reject(key, f"claim refused: {exc}")
             return
-        assert job and job.claim
-        log.info("edge-mailbox: job %s claimed by %s", job_id, job.claim.model.worker)
-        self.events.put(("running", job_id, job.claim.model.worker))
+        self._report_claimed(job)
+        if key:
+            self.mailbox.store.delete(key)
+
+    def _report_claimed(self, job: Job) -> None:
+        """Once per job: tell Airflow it runs, and take its manifest out of the queue."""
+        assert job.claim
+        with job.lock:
+            if job.reported_running:
+                return
+            job.reported_running = True
+        log.info("edge-mailbox: job %s claimed by %s", job.job_id, job.claim.model.worker)
+        self.events.put(("running", job.job_id, job.claim.model.worker))
         if job.manifest_key:
             self.mailbox.store.delete(job.manifest_key)
-        self.mailbox.store.delete(key)
 
     # -- results -----------------------------------------------------------------------------
 
@@ -317,6 +390,7 @@ class Reconciler:
         if request.kid != job.claim.kid or request.model.job_id != job_id:
             self._reject(key, f"relay request signed by {request.kid}, not the claim holder")
             return
+        self._report_claimed(job)  # in case its claim notice is late or lost
         replay_ms = 0.0
         with job.lock:  # one call at a time per job, in arrival order of the poll
             if request_id in job.answered or (

@@ -28,6 +28,7 @@ class ExecutorSettings:
     store: StoreConfig
     signing_key: SigningKey
     worker_keys: KeyRing
+    worker_keys_spec: str
     manifest_ttl: float
     poll_active: float
     poll_idle: float
@@ -56,7 +57,14 @@ def _float(conf: Any, key: str, default: str, low: float, high: float) -> float:
 
 
 def _public_keys(conf: Any) -> KeyRing:
-    raw = _get(conf, "worker_public_keys")
+    return load_worker_keys(_get(conf, "worker_public_keys"))
+
+
+def load_worker_keys(raw: str) -> KeyRing:
+    """The worker keys a comma-separated list of files and folders of .pub files names.
+
+    Read again while the scheduler runs (the reconciler does so every worker check), so that
+    enrolling a worker or revoking one is a matter of adding or removing its .pub file."""
     if not raw:
         raise EdgeMailboxConfigError(
             f"[{SECTION}] worker_public_keys is not set: list the .pub files of the workers you "
@@ -113,6 +121,7 @@ def load_settings(conf: Any, execution_api_url: str) -> ExecutorSettings:
         store=store,
         signing_key=signing_key,
         worker_keys=_public_keys(conf),
+        worker_keys_spec=_get(conf, "worker_public_keys"),
         manifest_ttl=_float(conf, "manifest_ttl", "3600", 10, 7 * 86400),
         poll_active=_float(conf, "poll_interval", "0.05", 0.01, 60),
         poll_idle=_float(conf, "poll_interval_idle", "5", 0.1, 3600),

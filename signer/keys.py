@@ -178,6 +178,12 @@ class KeyRing:
     def add(self, key: PublicKey) -> None:
         self._keys[key.kid] = key
 
+    def replace_with(self, other: KeyRing) -> tuple[set[str], set[str]]:
+        """Trust exactly ``other``'s keys from now on; returns (added, removed) key ids."""
+        added, removed = set(other._keys) - set(self._keys), set(self._keys) - set(other._keys)
+        self._keys = dict(other._keys)
+        return added, removed
+
     def get(self, kid: str) -> PublicKey | None:
         return self._keys.get(kid)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import store_config
-from faults import FaultProxy
+from faults import FaultProxy, ForwardProxy
 
 from edge_mailbox.mailbox.config import RetryPolicy
 from edge_mailbox.mailbox.errors import AccessDenied, AlreadyExists, NotFound, StoreUnavailable
@@ -91,3 +91,29 @@ def test_missing_bucket_is_named(seaweed, prefix) -> None:
     store = ObjectStore(store_config(seaweed, prefix, bucket="no-such-bucket-here"))
     with pytest.raises(NotFound, match="no-such-bucket-here"):
         store.get(f"{prefix}/x")
+
+
+def test_http_proxy_from_settings(seaweed, prefix) -> None:
+    """--proxy / [edge_mailbox] proxy: every bucket request goes through the proxy."""
+    proxy = ForwardProxy().start()
+    try:
+        store = ObjectStore(store_config(seaweed, prefix, proxy=proxy.url))
+        store.create(f"{prefix}/via-proxy", b'{"n":1}')
+        assert store.get(f"{prefix}/via-proxy").body == b'{"n":1}'
+        assert len(proxy.seen) == 2 and all(seaweed.endpoint_url in url for _, url in proxy.seen)
+    finally:
+        proxy.stop()
+
+
+def test_http_proxy_from_the_standard_environment(seaweed, prefix, monkeypatch) -> None:
+    """HTTP_PROXY/HTTPS_PROXY, as every AWS tool honours them, need no setting of ours."""
+    proxy = ForwardProxy().start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        store = ObjectStore(store_config(seaweed, prefix))
+        store.put(f"{prefix}/via-env-proxy", b"{}")
+        assert [m for m, _ in proxy.seen] == ["PUT"]
+    finally:
+        proxy.stop()

@@ -1,0 +1,177 @@
+"""The worker in production, with real Airflow and SeaweedFS: slots, queues, a worker killed
+mid-task, maintenance, a task marked failed while it runs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+import pytest
+
+from demo.stack import Stack
+from edge_mailbox.signer.keys import b64url_decode
+
+pytestmark = pytest.mark.e2e
+DAGS = Path(__file__).parent / "dags_worker"
+FAST = {"worker_heartbeat_interval": 2}
+
+
+@pytest.fixture(scope="module")
+def stack(seaweed, tmp_path_factory) -> Iterator[Stack]:
+    stack = Stack(
+        root=tmp_path_factory.mktemp("worker") / "stack",
+        dags_folder=DAGS,
+        prefix=f"worker-{secrets.token_hex(4)}",
+        scheduler_options={"worker_timeout": 15, "worker_check_interval": 2},
+    )
+    stack.prepare(store=seaweed)
+    stack.add_worker("slots-1", queues="slots", concurrency=3, options=FAST)
+    stack.add_worker("alpha-1", queues="alpha", concurrency=2, options=FAST)
+    stack.add_worker("beta-1", queues="beta", concurrency=2, options=FAST)
+    stack.start_airflow()
+    yield stack
+    stack.stop(keep_store=True)
+
+
+def claims_by_task(stack: Stack) -> dict[str, list[str]]:
+    """task_id -> workers that claimed it, read from the bucket."""
+    client = stack.bucket_client()
+    out: dict[str, list[str]] = {}
+    for entry in client.list_all(f"{stack.prefix}/v1/jobs/"):
+        if entry.key.endswith("/claim.jws"):
+            body = json.loads(b64url_decode(client.get(entry.key).body.decode().split(".")[1]))
+            manifest = json.loads(b64url_decode(body["body"]["manifest"].split(".")[1]))
+            out.setdefault(manifest["body"]["ti"]["task_id"], []).append(body["body"]["worker"])
+    return out
+
+
+def run(stack: Stack, dag_id: str, timeout: float = 240) -> tuple[str, str]:
+    stack.wait_for_dag(dag_id)
+    run_id = stack.trigger(dag_id)
+    return run_id, stack.wait_for_run(dag_id, run_id, timeout=timeout)
+
+
+def test_slot_arithmetic(stack: Stack) -> None:
+    """Concurrency 3: a running 2-slot task leaves room for one 1-slot task only."""
+    run_id, state = run(stack, "slots")
+    assert state == "success"
+    tis = {ti["task_id"]: ti for ti in stack.task_instances("slots", run_id)}
+    spans = {
+        name: (datetime.fromisoformat(ti["start_date"]), datetime.fromisoformat(ti["end_date"]))
+        for name, ti in tis.items()
+    }
+    slots = {"two_slots": 2, "one_slot_a": 1, "one_slot_b": 1}
+    # At every start, the slots in use (tasks whose span covers that instant) stay <= 3.
+    for name, (start, _) in spans.items():
+        in_use = sum(slots[o] for o, (s, e) in spans.items() if s <= start < e)
+        assert in_use <= 3, (name, spans)
+    # And all three did not run at once: someone waited for a slot.
+    assert not all(max(s for s, _ in spans.values()) < e for _, e in spans.values()), spans
+
+
+def test_task_too_big_for_every_worker_is_failed_with_a_reason(stack: Stack) -> None:
+    _, state = run(stack, "too_big", timeout=120)
+    assert state == "failed"
+    log = stack.log_tail("scheduler", 5000)
+    assert "needs pool_slots=4, but the live edge workers of queue 'slots' have at most 3" in log
+    assert "four_slots" not in claims_by_task(stack)
+
+
+def test_two_workers_on_different_queues(stack: Stack) -> None:
+    _, state = run(stack, "two_queues")
+    assert state == "success"
+    claims = claims_by_task(stack)
+    assert claims["on_alpha"] == ["alpha-1"] and claims["on_beta"] == ["beta-1"]
+
+
+def test_heartbeats_show_each_worker(stack: Stack) -> None:
+    client = stack.bucket_client()
+    names = {e.key.rsplit("/", 1)[-1] for e in client.list_all(f"{stack.prefix}/v1/workers/")}
+    assert {"slots-1.jws", "alpha-1.jws", "beta-1.jws"} <= names
+    status = json.loads(stack.worker_cli("alpha-1", "status").stdout)
+    assert status["worker"] == "alpha-1" and status["queues"] == ["alpha"]
+    assert status["state"] in ("idle", "running") and status["concurrency"] == 2
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a worker and everything it started, as a power cut would."""
+    parent = psutil.Process(pid)
+    for proc in [*parent.children(recursive=True), parent]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+
+
+def test_worker_killed_mid_task_is_retried_elsewhere(stack: Stack) -> None:
+    first = stack.add_worker("naps-1", queues="naps", concurrency=1, options=FAST)
+    stack.wait_for_dag("long_nap")
+    run_id = stack.trigger("long_nap")
+    stack.wait_for(lambda: "nap" in claims_by_task(stack), 120, "the first claim")
+    second = stack.add_worker("naps-2", queues="naps", concurrency=1, options=FAST)
+    kill_tree(first.pid)
+    killed_at = time.monotonic()
+    state = stack.wait_for_run("long_nap", run_id, timeout=180)
+    assert state == "success", stack.log_tail("scheduler")
+    (ti,) = stack.task_instances("long_nap", run_id)
+    assert ti["try_number"] == 2
+    assert claims_by_task(stack)["nap"] == ["naps-1", "naps-2"]
+    # Detected within the worker timeout (15 s) plus the check interval and the rerun (20 s).
+    assert time.monotonic() - killed_at < 15 + 2 + 20 + 30
+    os.kill(second.pid, signal.SIGTERM)
+
+
+def test_maintenance_drains_then_resumes(stack: Stack) -> None:
+    stack.wait_for_dag("long_nap")
+    worker = stack.add_worker("naps-3", queues="naps", concurrency=1, options=FAST)
+    run_id = stack.trigger("long_nap")
+    stack.wait_for(lambda: "naps-3" in claims_by_task(stack).get("nap", []), 120, "a claim")
+    started = time.monotonic()
+    done = stack.worker_cli("naps-3", "maintenance", "on", "--comment", "disk swap", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert stack.run_state("long_nap", run_id) == "success"  # --wait waited for the task
+    assert time.monotonic() - started > 5
+    status = json.loads(stack.worker_cli("naps-3", "status").stdout)
+    assert status["state"] == "maintenance" and status["maintenance_comment"] == "disk swap"
+    # In maintenance it takes nothing new ...
+    second = stack.trigger("long_nap")
+    time.sleep(0)
+    stack.wait_for(lambda: len(claims_by_task(stack).get("nap", [])) >= 1, 10, "claims readable")
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        assert stack.run_state("long_nap", second) in ("queued", "running")
+        assert json.loads(stack.worker_cli("naps-3", "status").stdout)["running_jobs"] == []
+        time.sleep(1)
+    # ... and after maintenance off it does.
+    assert stack.worker_cli("naps-3", "maintenance", "off", "--wait").returncode == 0
+    assert stack.wait_for_run("long_nap", second, timeout=120) == "success"
+    stop = stack.worker_cli("naps-3", "stop", "--wait", "--timeout", "60")
+    assert stop.returncode == 0 and worker.wait(30) == 0
+
+
+def test_task_marked_failed_in_the_ui_is_killed_on_the_worker(stack: Stack) -> None:
+    stack.wait_for_dag("long_nap")
+    stack.add_worker("naps-4", queues="naps", concurrency=1, options=FAST)
+    run_id = stack.trigger("long_nap")
+    log_path = stack.log_files["worker-naps-4"]
+    stack.wait_for(lambda: "claimed job" in log_path.read_text(), 120, "the claim")
+    stack.wait_for(
+        lambda: (stack.task_instances("long_nap", run_id) or [{}])[0].get("state") == "running",
+        60,
+        "the task to run",
+    )
+    marked = time.monotonic()
+    stack._request(
+        "PATCH",
+        f"/api/v2/dags/long_nap/dagRuns/{run_id}/taskInstances/nap",
+        {"new_state": "failed"},
+    )
+    stack.wait_for(lambda: "exited with" in log_path.read_text(), 60, "the task to be killed")
+    assert time.monotonic() - marked < 20  # the 20 s nap did not run to its end
+    assert stack.run_state("long_nap", run_id) == "failed"
