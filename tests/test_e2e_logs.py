@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
 
 from demo.stack import MAILBOX_EXECUTOR, Stack
 
@@ -22,10 +21,6 @@ DAGS = Path(__file__).parent / "dags_logs"
 DAG_ID = "edge_logs"
 LINES = [f"chatty line {i:02d}" for i in range(15)]  # what tests/dags_logs/edge_logs.py prints
 SERVED_LOGS_ERRORS = ("Could not read served logs", ":8793", "Log file not found on worker")
-# The worker uploads a running task's log only once worker/worker.py drives LogShipper (see
-# worker/logship.py); until then the log arrives in one piece when the task ends. The check
-# of a RUNNING task's lines turns itself on with that integration.
-LIVE_SHIPPING = "LogShipper" in (ROOT / "worker" / "worker.py").read_text()
 
 
 class PortWatch:
@@ -111,18 +106,18 @@ def test_task_log_from_the_bucket_while_running_and_after(
     running = stack.task_log(DAG_ID, run_id, "chatty")
     assert any("s3://" in e and "/logs/edge_logs/" in e for e in events(running)), running
     assert_no_served_logs("\n".join(events(running)))
-    if LIVE_SHIPPING:
-        # Turns on once worker/worker.py calls LogShipper.tick: the first printed lines are
-        # in the UI while the task is still RUNNING (the worker ships every 5 s).
-        def first_lines_while_running() -> list[str] | None:
-            seen = events(stack.task_log(DAG_ID, run_id, "chatty"))
-            if state_of(stack, run_id, "chatty") != "running":
-                raise AssertionError("chatty ended before its first lines showed")
-            return seen if LINES[0] in seen else None
 
-        seen = stack.wait_for(first_lines_while_running, 30, "the first lines while running")
-        assert_no_served_logs("\n".join(seen))
-        assert seen.count(LINES[0]) == 1
+    # The first printed lines are in the UI while the task is still RUNNING (the worker
+    # ships every 5 s).
+    def first_lines_while_running() -> list[str] | None:
+        seen = events(stack.task_log(DAG_ID, run_id, "chatty"))
+        if state_of(stack, run_id, "chatty") != "running":
+            raise AssertionError("chatty ended before its first lines showed")
+        return seen if LINES[0] in seen else None
+
+    seen = stack.wait_for(first_lines_while_running, 30, "the first lines while running")
+    assert_no_served_logs("\n".join(seen))
+    assert seen.count(LINES[0]) == 1
 
     assert stack.wait_for_run(DAG_ID, run_id, timeout=180) == "success", stack.log_tail(
         "worker-edge-1"

@@ -36,6 +36,8 @@ class WorkerSettings:
     relay_deadline: float = 900.0
     heartbeat_interval: float = 30.0
     drain_timeout: float = 600.0
+    log_retention_days: float = 14.0
+    log_max_bytes: int = 2 * 1024**3
 
 
 def _conf_get(conf: Any, key: str) -> str:
@@ -137,4 +139,8 @@ def resolve(args: argparse.Namespace, conf: Any = None) -> WorkerSettings:
             "heartbeat_interval", "worker_heartbeat_interval", "30", 1, 3600
         ),
         drain_timeout=seconds("drain_timeout", "worker_drain_timeout", "600", 0, 7 * 86400),
+        log_retention_days=seconds("log_days", "worker_log_retention_days", "14", 0.01, 3650),
+        log_max_bytes=int(
+            seconds("log_bytes", "worker_log_max_bytes", str(2 * 1024**3), 1024**2, 1024**5)
+        ),
     )

@@ -26,15 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_mailbox import __version__
+from edge_mailbox.mailbox.config import RetryPolicy
 from edge_mailbox.mailbox.errors import AlreadyExists, ProtocolError, StoreError
-from edge_mailbox.mailbox.layout import TaskCoordinates
 from edge_mailbox.mailbox.models import Claim, JobManifest, JobResult, JobState, WorkerState
 from edge_mailbox.mailbox.protocol import Mailbox, nonce
 from edge_mailbox.mailbox.store import ObjectStore
-from edge_mailbox.signer import SealKey, VerificationError, seal_bytes
+from edge_mailbox.signer import SealKey, VerificationError
 from edge_mailbox.worker.control import RunDir
 from edge_mailbox.worker.heartbeat import build_heartbeat
 from edge_mailbox.worker.job_process import ForkedJob, fork_job, make_spec, preload
+from edge_mailbox.worker.logship import LogShipper, cleanup_local_logs
 from edge_mailbox.worker.settings import WorkerSettings
 
 log = logging.getLogger("edge_mailbox.worker")
@@ -51,6 +52,7 @@ class RunningJob:
     process: ForkedJob
     started_at: float
     stats_path: Path
+    shipper: LogShipper | None = None
     killed: str = ""  # why the worker killed it, if it did
     term_sent_at: float | None = None
 
@@ -88,6 +90,13 @@ class Worker:
 
     def __post_init__(self) -> None:
         self.mailbox = Mailbox(ObjectStore(self.settings.store))
+        # Log chunks go through a client that gives up quickly: a tick during an outage must
+        # not hold the loop; the shipper keeps the bytes and backs off by itself.
+        quick = RetryPolicy(attempts=2, initial_backoff=0.1, max_backoff=0.5, deadline=5)
+        self.log_mailbox = Mailbox(
+            ObjectStore(self.settings.store.model_copy(update={"retry": quick}))
+        )
+        self.last_cleanup = 0.0
         self.rescan = set(self.settings.queues)  # list every queue once at start
         # Per-job relay statistics (round trips, requests), kept for benchmarks.
         stats = os.environ.get("EDGE_MAILBOX_WORKER_STATS_DIR")
@@ -144,6 +153,11 @@ class Worker:
     def _loop_once(self) -> None:
         self._read_control()
         activity = self._reap()
+        now = time.monotonic()
+        for job in self.running.values():
+            if job.shipper:
+                job.shipper.tick(now)  # never raises: an outage only delays the chunks
+        self._cleanup_logs_if_due()
         self._enforce_drain_timeout()
         if self.accepting and self.free_slots > 0:
             try:
@@ -401,8 +415,14 @@ class Worker:
             self.settings.relay_deadline,
             stats_path,
         )
+        shipper = None
+        if manifest.log_path:  # created before the fork: it skips what the file held before
+            log_file = self.base_log_folder / manifest.log_path
+            shipper = LogShipper(self.log_mailbox, manifest, log_file, skip_existing=True)
         process = fork_job(spec)
-        self.running[manifest.job_id] = RunningJob(manifest, process, time.time(), stats_path)
+        self.running[manifest.job_id] = RunningJob(
+            manifest, process, time.time(), stats_path, shipper=shipper
+        )
         self._heartbeat(self.state)
 
     # -- finishing ---------------------------------------------------------------------------
@@ -432,7 +452,7 @@ class Worker:
 
     def _report(self, report: PendingReport) -> None:
         manifest = report.job.manifest
-        chunks = self._upload_log(manifest)
+        chunks = report.job.shipper.finish() if report.job.shipper else 0
         ok = report.exit_code == 0 and not report.job.killed
         message = report.job.killed or (
             "" if ok else f"task process exited with {report.exit_code}"
@@ -450,30 +470,24 @@ class Worker:
         self.mailbox.put_result(result, self.settings.key)
         self.mailbox.notify(self.mailbox.layout.inbox_result(manifest.job_id))
 
-    def _upload_log(self, manifest: JobManifest) -> int:
-        if not manifest.log_path:
-            return 0
-        path = self.base_log_folder / manifest.log_path
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return 0
-        ti = manifest.ti
-        coordinates = TaskCoordinates(
-            dag_id=ti["dag_id"],
-            run_id=ti["run_id"],
-            task_id=ti["task_id"],
-            map_index=int(ti.get("map_index", -1)),
-            try_number=int(ti["try_number"]),
+    def _cleanup_logs_if_due(self) -> None:
+        """Rotate the local copies of task logs, once an hour, sparing unreported jobs."""
+        if time.monotonic() - self.last_cleanup < 3600:
+            return
+        self.last_cleanup = time.monotonic()
+        keep = {
+            self.base_log_folder / job.manifest.log_path
+            for job in [*self.running.values(), *(p.job for p in self.pending)]
+            if job.manifest.log_path
+        }
+        done = cleanup_local_logs(
+            self.base_log_folder,
+            self.settings.log_retention_days,
+            self.settings.log_max_bytes,
+            keep=keep,
         )
-        # Logs can hold anything a task prints (Airflow logs return values, for one): they
-        # are sealed like relayed data, to the scheduler side's key for this job.
-        key = self.mailbox.layout.log_chunk(coordinates, manifest.job_id, 0)
-        sealed = seal_bytes(
-            data, manifest.seal_key, context=self.mailbox.log_context(manifest.job_id, 0)
-        )
-        self.mailbox.store.put(key, sealed, content_type="application/octet-stream")
-        return 1
+        if done.files:
+            log.info("removed %d old local task logs (%d bytes)", done.files, done.bytes)
 
 
 def _describe(manifest: JobManifest) -> str:
