@@ -24,6 +24,7 @@ from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.signer import KeyRing, VerificationError
 
 log = logging.getLogger(__name__)
+SLOW_LIST_SECONDS = 5.0
 
 
 class WatchedJob(Protocol):
@@ -53,6 +54,7 @@ class WorkerWatch:
 
     def refresh(self) -> bool:
         """One LIST of the heartbeat folder. False when the bucket did not answer."""
+        started = time.time()
         try:
             entries = self.mailbox.list_heartbeats()
         except StoreError as exc:
@@ -60,6 +62,11 @@ class WorkerWatch:
             self.healthy_since = None
             return False
         now = time.time()
+        if now - started > SLOW_LIST_SECONDS:
+            # The bucket hung rather than failed: writers were stuck as long as we were, so
+            # their heartbeats are stale for the same reason. Start the clock again.
+            log.warning("edge-mailbox: the bucket took %.0f s to answer", now - started)
+            self.healthy_since = now
         if self.healthy_since is None:
             self.healthy_since = now
         self.last_seen, self.etags = {}, {}

@@ -35,3 +35,6 @@ with DAG(dag_id="two_queues", schedule=None, start_date=START, catchup=False):
 
 with DAG(dag_id="long_nap", schedule=None, start_date=START, catchup=False):
     nap.override(task_id="nap", queue="naps", retries=1, retry_delay=timedelta(seconds=1))(20)
+
+with DAG(dag_id="outage_nap", schedule=None, start_date=START, catchup=False):
+    nap.override(task_id="nap", queue="outage")(60)
