@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.executors.base_executor import BaseExecutor, get_execution_api_server_url
+from airflow.utils.state import TaskInstanceState
 
 from edge_mailbox import __version__
 from edge_mailbox.executor.reconciler import Event, Job, Reconciler
@@ -125,6 +126,9 @@ class MailboxExecutor(BaseExecutor):
                 continue
             self._keys_by_job[job.job_id] = key
             self.running.add(key)
+            # The job id becomes the task instance's external_executor_id in the database:
+            # that is how a restarted scheduler adopts it (try_adopt_task_instances).
+            self.event_buffer[key] = (TaskInstanceState.QUEUED, job.job_id)
             self.reconciler.track(job)
             queues.add(job.queue)
         for name in queues:
@@ -179,13 +183,48 @@ class MailboxExecutor(BaseExecutor):
             if key is None:
                 continue
             if kind == "running":
-                self.running_state(key, info)
+                log.info("MailboxExecutor: %s runs on edge worker %s", key, info)
+                self.running_state(key, job_id)
             elif kind == "success":
                 self.success(key, info)
                 self._keys_by_job.pop(job_id, None)
             else:
                 self.fail(key, info)
                 self._keys_by_job.pop(job_id, None)
+
+    # -- revoke and adopt -------------------------------------------------------------------
+
+    def _jobs_of(self, key: TaskInstanceKey) -> list[str]:
+        return [job_id for job_id, k in self._keys_by_job.items() if k == key]
+
+    def revoke_task(self, *, ti: TaskInstance) -> None:
+        """Withdraw a task instance's job: Airflow does so for tasks queued too long and then
+        queues them again. The manifest leaves the queue, a signed revocation tells workers
+        not to start it, and the relay refuses its calls, so it cannot also run late. As
+        Airflow asks, no state is reported for it."""
+        key = ti.key
+        self.queued_tasks.pop(key, None)
+        self.running.discard(key)
+        for job_id in self._jobs_of(key):
+            self._keys_by_job.pop(job_id, None)
+            if self.reconciler:
+                self.reconciler.revoke(job_id, "revoked by the scheduler (queued too long)")
+
+    def try_adopt_task_instances(self, tis: Sequence[TaskInstance]) -> Sequence[TaskInstance]:
+        """Adopt the tasks a dead scheduler had sent through the bucket: the job id is their
+        external_executor_id. Claims, relay calls and results of adopted jobs are then served
+        as if this scheduler had queued them; the others are handed back for Airflow to reset."""
+        assert self.reconciler
+        not_adopted = []
+        for ti in tis:
+            job_id = ti.external_executor_id or ""
+            if not self.reconciler.adopt(job_id, str(ti.id), ti.queue or "default", ti.key):
+                not_adopted.append(ti)
+                continue
+            self._keys_by_job[job_id] = ti.key
+            self.running.add(ti.key)
+            log.info("MailboxExecutor: adopted %s (job %s)", ti.key, job_id)
+        return not_adopted
 
     # -- logs --------------------------------------------------------------------------------
 

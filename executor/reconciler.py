@@ -31,7 +31,8 @@ from edge_mailbox.executor.settings import (
 )
 from edge_mailbox.mailbox.codec import Signed
 from edge_mailbox.mailbox.errors import AlreadyExists, NotFound, ProtocolError, StoreError
-from edge_mailbox.mailbox.models import Claim, JobManifest, JobState
+from edge_mailbox.mailbox.layout import check_job_id
+from edge_mailbox.mailbox.models import Claim, JobManifest, JobState, Revocation
 from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.mailbox.relaycodec import error_answer, open_call, seal_answer
 from edge_mailbox.signer import KeyRing, Reason, SealError, SealKey, VerificationError
@@ -58,6 +59,7 @@ class Job:
     pool_slots: int = 1
     enqueued_at: float = field(default_factory=time.time)
     finished: bool = False
+    revoked: bool = False
     reported_running: bool = False
     # Rebuilt from the bucket after a scheduler restart: answers given before it are not in
     # memory, so a request is checked against the bucket before it is replayed.
@@ -119,6 +121,40 @@ class Reconciler:
         with self.jobs_lock:
             self.jobs[job.job_id] = job
         self.wake.set()
+
+    def revoke(self, job_id: str, reason: str) -> None:
+        """Stop a job: out of its queue, a revocation for workers, and its relay closed."""
+        with self.jobs_lock:
+            job = self.jobs.get(job_id)
+        if job:
+            with job.lock:
+                job.finished = job.revoked = True
+        try:
+            self.mailbox.put_revocation(
+                Revocation(job_id=job_id, reason=reason, revoked_at=time.time()),
+                self.settings.signing_key,
+            )
+            if job and job.manifest_key:
+                self.mailbox.store.delete(job.manifest_key)
+        except StoreError as exc:
+            log.warning("edge-mailbox: revocation of %s not written yet: %s", job_id, exc)
+        log.info("edge-mailbox: revoked job %s: %s", job_id, reason)
+
+    def adopt(self, job_id: str, ti_id: str, queue_name: str, ti_key: Any) -> bool:
+        """Track a job a previous scheduler queued, from the id Airflow kept for it."""
+        try:
+            check_job_id(job_id)
+        except ValueError:
+            return False
+        with self.jobs_lock:
+            job = self.jobs.setdefault(
+                job_id, Job(job_id=job_id, ti_id=ti_id, queue=queue_name, rebuilt=True)
+            )
+        job.ti_key = ti_key
+        if job.ti_id != ti_id:
+            return False
+        self.wake.set()
+        return True
 
     def outstanding(self) -> int:
         with self.jobs_lock:
@@ -325,7 +361,7 @@ class Reconciler:
         """Once per job: tell Airflow it runs, and take its manifest out of the queue."""
         assert job.claim
         with job.lock:
-            if job.reported_running:
+            if job.reported_running or job.revoked:
                 return
             job.reported_running = True
         log.info("edge-mailbox: job %s claimed by %s", job.job_id, job.claim.model.worker)
@@ -408,7 +444,9 @@ class Reconciler:
             except (SealError, ProtocolError) as exc:
                 self._reject(key, f"relay request cannot be opened: {exc}")
                 return
-            if job.finished:
+            if job.revoked:
+                answer = error_answer(409, "the job was revoked by the scheduler")
+            elif job.finished:
                 answer = error_answer(409, "the job has already finished")
             elif not route_allowed(call.method, call.path, job.ti_id):
                 log.warning("edge-mailbox: job %s: refused %s %s", job_id, call.method, call.path)

@@ -204,6 +204,16 @@ class Mailbox:
             self.layout.result(job_id), JobResult, worker_keys, self.bind(job_id=job_id)
         )
 
+    def revoked(self, job_id: str, scheduler_keys: KeyRing) -> Revocation | None:
+        """The job's revocation, if the scheduler side signed one (one GET, a 404 mostly)."""
+        try:
+            signed = self._read(
+                self.layout.revocation(job_id), Revocation, scheduler_keys, self.bind(job_id=job_id)
+            )
+        except NotFound:
+            return None
+        return signed.model
+
     def put_revocation(self, revocation: Revocation, key: SigningKey) -> None:
         bind = self.bind(job_id=revocation.job_id)
         body = encode_signed(revocation, key, bind=bind, ttl=RECORD_TTL)

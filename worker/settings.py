@@ -32,7 +32,7 @@ class WorkerSettings:
     key: SigningKey
     scheduler_keys: KeyRing
     poll_min: float = 0.1
-    poll_max: float = 5.0
+    poll_max: float = 6.0
     relay_deadline: float = 900.0
     heartbeat_interval: float = 30.0
     drain_timeout: float = 600.0
@@ -134,7 +134,7 @@ def resolve(args: argparse.Namespace, conf: Any = None) -> WorkerSettings:
         key=key,
         scheduler_keys=ring,
         poll_min=seconds("poll_min", "worker_poll_interval_min", "0.1", 0.01, 60),
-        poll_max=seconds("poll_max", "worker_poll_interval_idle", "5", 0.1, 600),
+        poll_max=seconds("poll_max", "worker_poll_interval_idle", "6", 0.1, 600),
         heartbeat_interval=seconds(
             "heartbeat_interval", "worker_heartbeat_interval", "30", 1, 3600
         ),

@@ -235,6 +235,7 @@ class Worker:
             "maintenance_comment": self.maintenance_comment or self.refusal,
             "version": __version__,
             "last_heartbeat": self.last_heartbeat,
+            "requests": self.mailbox.store.counter.snapshot(),
             "bucket": f"{self.settings.store.bucket}/{self.settings.store.prefix}",
         }
 
@@ -395,6 +396,14 @@ class Worker:
         except AlreadyExists:
             return False
         log.info("claimed job %s (%s)", manifest.job_id, _describe(manifest))
+        try:
+            revocation = self.mailbox.revoked(manifest.job_id, self.settings.scheduler_keys)
+        except (StoreError, VerificationError, ProtocolError) as exc:
+            revocation = None  # the relay refuses a revoked job's first call anyway
+            log.warning("could not check job %s for a revocation: %s", manifest.job_id, exc)
+        if revocation is not None:
+            log.warning("not starting job %s: %s", manifest.job_id, revocation.reason)
+            return True
         self._start(queue, raw, manifest, seal_key)
         try:
             self.mailbox.notify(self.mailbox.layout.inbox_claim(manifest.job_id))
