@@ -57,7 +57,7 @@ def main() -> int:
                     lambda: (lambda st: st if st.get("last_heartbeat", 0) > moment else None)(
                         json.loads(status_path.read_text())
                     ),
-                    args.heartbeat * 3,
+                    max(0.0, moment - time.time()) + 3 * args.heartbeat,
                     "a heartbeat",
                     every=0.2,
                 )

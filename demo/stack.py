@@ -53,6 +53,7 @@ class Stack:
     prefix: str = "edge-mailbox"
     parallelism: int = 32
     scheduler_options: dict[str, Any] = field(default_factory=dict)  # extra [edge_mailbox]
+    airflow_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # other sections
     logging_config_class: str | None = LOG_CONFIG_CLASS
     store: DevStore | None = None
     port: int = 0
@@ -83,7 +84,10 @@ class Stack:
         (self.keys / "workers").mkdir()
         self.port = free_ports(1)[0]
         self.home.mkdir()
-        (self.home / "airflow.cfg").write_text(_ini(self._scheduler_config()))
+        config = self._scheduler_config()
+        for section, options in self.airflow_options.items():
+            config.setdefault(section, {}).update(options)
+        (self.home / "airflow.cfg").write_text(_ini(config))
         self._run([BIN / "airflow", "db", "migrate"], env=self.env(), log="db-migrate")
         return self
 
@@ -178,6 +182,13 @@ class Stack:
 
     def worker_home(self, name: str) -> Path:
         return self.root / f"worker-{name}"
+
+    def restart_scheduler(self) -> None:
+        """SIGKILL the scheduler, as a crash would, and start a new one."""
+        old = self.processes.pop("scheduler")
+        os.killpg(old.pid, signal.SIGKILL)
+        old.wait(30)
+        self.spawn("scheduler", [BIN / "airflow", "scheduler", "--skip-serve-logs"], self.env())
 
     def add_worker(
         self,
