@@ -25,6 +25,7 @@ from airflow.executors.base_executor import BaseExecutor, get_execution_api_serv
 from airflow.utils.state import TaskInstanceState
 
 from edge_mailbox import __version__
+from edge_mailbox.executor import metrics
 from edge_mailbox.executor.reconciler import Event, Job, Reconciler
 from edge_mailbox.executor.settings import ExecutorSettings, load_settings
 from edge_mailbox.executor.task_log import read_running_log
@@ -171,6 +172,9 @@ class MailboxExecutor(BaseExecutor):
     # -- state -------------------------------------------------------------------------------
 
     def sync(self) -> None:
+        if self.reconciler:
+            for queue_name, count in self.reconciler.queued_per_queue().items():
+                metrics.gauge("queued_jobs", count, queue=queue_name)
         while True:
             try:
                 kind, job_id, info = self._events.get_nowait()

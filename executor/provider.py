@@ -88,6 +88,17 @@ CONFIG: dict[str, Any] = {
                 "120",
                 type="float",
             ),
+            "cleanup_success_after": _option(
+                "Seconds after which the bucket objects of a successful job (manifest, claim, "
+                "relay answers, result) are deleted. Logs are kept: give logs/ a lifecycle rule.",
+                "300",
+                type="float",
+            ),
+            "cleanup_failed_after": _option(
+                "The same for failed, lost and revoked jobs: kept longer, for troubleshooting.",
+                "3600",
+                type="float",
+            ),
             "worker_check_interval": _option(
                 "How often (s) worker heartbeats are checked (one LIST).", "15", type="float"
             ),

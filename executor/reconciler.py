@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_mailbox.executor import metrics
 from edge_mailbox.executor.liveness import WorkerWatch
 from edge_mailbox.executor.relay import ExecutionApi, is_run_call, route_allowed
 from edge_mailbox.executor.settings import (
@@ -59,6 +60,8 @@ class Job:
     pool_slots: int = 1
     enqueued_at: float = field(default_factory=time.time)
     finished: bool = False
+    finished_at: float | None = None
+    succeeded: bool = False
     revoked: bool = False
     reported_running: bool = False
     # Rebuilt from the bucket after a scheduler restart: answers given before it are not in
@@ -129,6 +132,7 @@ class Reconciler:
         if job:
             with job.lock:
                 job.finished = job.revoked = True
+                job.finished_at = time.time()
         try:
             self.mailbox.put_revocation(
                 Revocation(job_id=job_id, reason=reason, revoked_at=time.time()),
@@ -251,6 +255,55 @@ class Reconciler:
                 return
             after = page.last_key
 
+    def queued_per_queue(self) -> dict[str, int]:
+        """Jobs written and not claimed yet, per queue (for the queued_jobs gauge)."""
+        counts: dict[str, int] = {}
+        with self.jobs_lock:
+            for job in self.jobs.values():
+                if not job.finished and job.claim is None:
+                    counts[job.queue] = counts.get(job.queue, 0) + 1
+        return counts
+
+    def clean_up(self) -> None:
+        """Remove the protocol objects of jobs finished long enough ago (claim, responses,
+        result, revocation, stray inbox items, the manifest), and forget the jobs: neither
+        the bucket nor this process grows with the number of tasks ever run. Logs stay."""
+        now = time.time()
+        with self.jobs_lock:
+            due = [
+                j
+                for j in self.jobs.values()
+                if j.finished_at
+                and now - j.finished_at
+                > (
+                    self.settings.cleanup_success_after
+                    if j.succeeded
+                    else self.settings.cleanup_failed_after
+                )
+            ]
+        layout = self.mailbox.layout
+        for job in due:
+            if job.rebuilt:  # what it said before a restart is not known here: list it
+                keys = [e.key for e in self.mailbox.store.list_all(layout.job_root(job.job_id))]
+            else:  # every object of a job we watched has a key we can name: no LIST
+                keys = [
+                    layout.claim(job.job_id),
+                    layout.result(job.job_id),
+                    layout.revocation(job.job_id),
+                    layout.inbox_claim(job.job_id),
+                    layout.inbox_result(job.job_id),
+                    *(layout.relay_response(job.job_id, r) for r in job.answered),
+                ]
+            if job.manifest_key:
+                keys.append(job.manifest_key)
+            failed = self.mailbox.store.delete_many(keys)
+            if failed:
+                log.warning("edge-mailbox: could not delete %s", failed)
+                continue
+            with self.jobs_lock:
+                self.jobs.pop(job.job_id, None)
+            log.debug("edge-mailbox: cleaned up job %s (%d objects)", job.job_id, len(keys))
+
     def reload_worker_keys(self) -> None:
         """Pick up enrolled and removed worker keys (.pub files) without a restart."""
         self.keys_loaded_at = time.monotonic()
@@ -272,6 +325,8 @@ class Reconciler:
         self.reload_worker_keys()
         if not self.watch.refresh():
             return
+        metrics.gauge("live_workers", sum(self.watch.alive(w) for w in self.watch.last_seen))
+        self.clean_up()
         with self.jobs_lock:
             jobs = [j for j in self.jobs.values() if not j.finished]
         try:
@@ -286,7 +341,9 @@ class Reconciler:
                 if job.finished:
                     continue
                 job.finished = True
+                job.finished_at = time.time()
             log.error("edge-mailbox: failing job %s: %s", job.job_id, reason)
+            metrics.incr("lost_workers" if job.claim else "unrunnable_jobs")
             self.events.put(("failed", job.job_id, reason))
             if job.claim is None and job.manifest_key:
                 with contextlib.suppress(StoreError):
@@ -298,6 +355,7 @@ class Reconciler:
             return
         if key not in self.rejected:
             log.warning("edge-mailbox: ignoring %s: %s", key, reason)
+            metrics.incr("refused")
             self.rejected.add(key)
         with contextlib.suppress(StoreError):
             self.mailbox.store.delete(key)
@@ -365,6 +423,7 @@ class Reconciler:
                 return
             job.reported_running = True
         log.info("edge-mailbox: job %s claimed by %s", job.job_id, job.claim.model.worker)
+        metrics.timing("claim_latency", job.claim.model.claimed_at - job.enqueued_at)
         self.events.put(("running", job.job_id, job.claim.model.worker))
         if job.manifest_key:
             self.mailbox.store.delete(job.manifest_key)
@@ -389,7 +448,9 @@ class Reconciler:
             return
         if not job.finished:
             job.finished = True
-            state = "success" if result.model.state is JobState.SUCCESS else "failed"
+            job.finished_at = time.time()
+            job.succeeded = result.model.state is JobState.SUCCESS
+            state = "success" if job.succeeded else "failed"
             log.info(
                 "edge-mailbox: job %s finished: %s (exit %s)", job_id, state, result.model.exit_code
             )
@@ -477,6 +538,7 @@ class Reconciler:
                 log.info("edge-mailbox: %s was already answered", key)
             job.answered.add(request_id)
             self.mailbox.store.delete(key)
+        metrics.timing("relay_latency", time.time() - request.model.sent_at)
         log.debug(
             "edge-mailbox: relayed %s %s for %s -> %s in %.0f ms (%.0f ms after it was sent; "
             "%.0f ms in the Execution API)",

@@ -34,6 +34,8 @@ class ExecutorSettings:
     poll_idle: float
     list_interval: float
     worker_timeout: float
+    cleanup_success_after: float
+    cleanup_failed_after: float
     worker_check_interval: float
     relay_threads: int
     execution_api_url: str
@@ -127,6 +129,8 @@ def load_settings(conf: Any, execution_api_url: str) -> ExecutorSettings:
         poll_idle=_float(conf, "poll_interval_idle", "5", 0.1, 3600),
         list_interval=_float(conf, "list_interval", "10", 0.5, 3600),
         worker_timeout=_float(conf, "worker_timeout", "120", 5, 86400),
+        cleanup_success_after=_float(conf, "cleanup_success_after", "300", 0, 365 * 86400),
+        cleanup_failed_after=_float(conf, "cleanup_failed_after", "3600", 0, 365 * 86400),
         worker_check_interval=_float(conf, "worker_check_interval", "15", 1, 3600),
         relay_threads=int(_float(conf, "relay_threads", "8", 1, 256)),
         execution_api_url=execution_api_url.rstrip("/") + "/",

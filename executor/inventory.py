@@ -1,0 +1,173 @@
+"""What is in the bucket, for operators: workers, queues, recent jobs. Used by the
+``airflow edge-mailbox workers|queues|jobs|sweep`` commands; each function costs a few LISTs
+and, where a body must be read, one GET per object it reports."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+from edge_mailbox.mailbox.errors import NotFound, ProtocolError, StoreError
+from edge_mailbox.mailbox.layout import decode_name, new_id
+from edge_mailbox.mailbox.protocol import Mailbox
+from edge_mailbox.signer import KeyRing, VerificationError
+
+
+@dataclass
+class WorkerRow:
+    worker: str
+    state: str
+    queues: str
+    slots: str
+    running: int
+    last_heartbeat_age: float
+    version: str
+    comment: str
+
+
+@dataclass
+class QueueRow:
+    queue: str
+    pending: int
+    oldest_age: float | None
+
+
+@dataclass
+class JobRow:
+    job_id: str
+    task: str
+    queue: str
+    state: str
+    worker: str
+    age: float
+
+
+def workers(mailbox: Mailbox, worker_keys: KeyRing, timeout: float) -> list[WorkerRow]:
+    rows = []
+    now = time.time()
+    for entry in mailbox.list_heartbeats():
+        name = mailbox.layout.parse_heartbeat(entry.key) or entry.key.rsplit("/", 1)[-1]
+        age = now - entry.last_modified.timestamp()
+        try:
+            hb = mailbox.read_heartbeat(name, worker_keys).model
+        except (VerificationError, ProtocolError, NotFound) as exc:
+            rows.append(WorkerRow(name, f"unverified: {exc}", "", "", 0, age, "", ""))
+            continue
+        state = hb.state.value if age <= timeout else "unknown (no heartbeat)"
+        rows.append(
+            WorkerRow(
+                name,
+                state,
+                ",".join(hb.queues),
+                f"{hb.concurrency - hb.free_slots}/{hb.concurrency}",
+                len(hb.running_jobs),
+                age,
+                hb.version,
+                hb.maintenance_comment,
+            )
+        )
+    return rows
+
+
+def queues(mailbox: Mailbox) -> list[QueueRow]:
+    """Pending (unclaimed) jobs per queue and the age of the oldest, from LIST alone."""
+    now = time.time()
+    found: dict[str, QueueRow] = {}
+    prefix = f"{mailbox.layout.root}queues/"
+    for entry in mailbox.store.list_all(prefix):
+        segment = entry.key[len(prefix) :].split("/", 1)[0]
+        name = decode_name(segment) or segment
+        row = found.setdefault(name, QueueRow(name, 0, None))
+        try:
+            parsed = mailbox.layout.parse_manifest(entry.key)
+        except ValueError:
+            continue  # the queue's marker
+        row.pending += 1
+        age = now - parsed.enqueued_ms / 1000
+        row.oldest_age = max(row.oldest_age or 0.0, age)
+    return sorted(found.values(), key=lambda r: r.queue)
+
+
+def _job_ids_since(mailbox: Mailbox, since: float) -> Iterator[tuple[str, set[str]]]:
+    """(job id, names of its objects) for jobs created after ``since``: ids sort by time."""
+    prefix = f"{mailbox.layout.root}jobs/"
+    current: str | None = None
+    names: set[str] = set()
+    start = f"{prefix}{new_id(since)[:12]}"
+    for entry in mailbox.store.list_all(prefix, start_after=start):
+        job_id, _, rest = entry.key[len(prefix) :].partition("/")
+        if job_id != current:
+            if current:
+                yield current, names
+            current, names = job_id, set()
+        names.add(rest)
+    if current:
+        yield current, names
+
+
+def jobs(mailbox: Mailbox, worker_keys: KeyRing, since_seconds: float) -> list[JobRow]:
+    """Recent jobs (claimed, finished or revoked) and their states."""
+    now = time.time()
+    rows = []
+    for job_id, names in _job_ids_since(mailbox, now - since_seconds):
+        task = queue = worker = ""
+        state = "claimed"
+        try:
+            claim = mailbox.read_claim(job_id, worker_keys).model if "claim.jws" in names else None
+        except (VerificationError, ProtocolError, NotFound, StoreError):
+            claim = None
+        if claim:
+            worker, queue = claim.worker, claim.queue
+            task = _task_of(claim.manifest)
+        if "revoked.jws" in names:
+            state = "revoked"
+        if "result.jws" in names:
+            try:
+                state = mailbox.read_result(job_id, worker_keys).model.state.value
+            except (VerificationError, ProtocolError, NotFound) as exc:
+                state = f"result unverified: {exc}"
+        rows.append(JobRow(job_id, task, queue, state, worker, now - int(job_id[:12], 16) / 1000))
+    return rows
+
+
+def _task_of(manifest_token: str) -> str:
+    import json
+
+    from edge_mailbox.signer.keys import b64url_decode
+
+    try:
+        ti = json.loads(b64url_decode(manifest_token.split(".")[1]))["body"]["ti"]
+    except (ValueError, KeyError, IndexError):
+        return "?"
+    return f"{ti.get('dag_id')}.{ti.get('task_id')} try {ti.get('try_number')}"
+
+
+def sweep(mailbox: Mailbox, older_than: float, *, dry_run: bool = False) -> int:
+    """Delete the folders of finished or revoked jobs created more than ``older_than``
+    seconds ago: what the reconciler could not clean (it was down, or restarted)."""
+    prefix = f"{mailbox.layout.root}jobs/"
+    cutoff = new_id(time.time() - older_than)[:12]
+    doomed: list[str] = []
+    folder: list[str] = []
+    current = None
+    done = False
+    for entry in mailbox.store.list_all(prefix):
+        job_id = entry.key[len(prefix) :].split("/", 1)[0]
+        if job_id[:12] >= cutoff:
+            break
+        if job_id != current:
+            if done:
+                doomed += folder
+            current, folder, done = job_id, [], False
+        folder.append(entry.key)
+        done |= entry.key.endswith(("/result.jws", "/revoked.jws"))
+    if done:
+        doomed += folder
+    if not dry_run and doomed:
+        mailbox.store.delete_many(doomed)
+    return len(doomed)
+
+
+def as_dicts(rows: list) -> list[dict]:
+    return [asdict(r) for r in rows]
