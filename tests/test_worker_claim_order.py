@@ -1,0 +1,87 @@
+"""Which job a worker takes first: the highest priority, then the oldest; and many workers on
+one queue start at different jobs of the top priority (real SeaweedFS, no Airflow needed)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_mailbox.mailbox.layout import new_id
+from edge_mailbox.mailbox.models import JobManifest
+from edge_mailbox.mailbox.protocol import Mailbox
+from edge_mailbox.mailbox.store import ObjectStore
+from edge_mailbox.signer import KeyRing, SealKey, SigningKey
+from edge_mailbox.worker.settings import WorkerSettings
+from edge_mailbox.worker.worker import Worker
+
+SCHEDULER = SigningKey.generate()
+
+
+def manifest(queue: str, priority: int, enqueued_at: float, version: str = "0.1.0") -> JobManifest:
+    job_id = new_id(enqueued_at)
+    return JobManifest(
+        job_id=job_id,
+        queue=queue,
+        enqueued_at=enqueued_at,
+        ti={"id": "01a20147-3ff0-76e2-ac44-bf7425a784de", "dag_id": "d", "task_id": job_id},
+        dag_rel_path="d.py",
+        bundle_info={"name": "dags-folder", "version": None},
+        pool_slots=1,
+        priority=priority,
+        seal_key=SealKey.generate().public,
+        scheduler_version=version,
+    )
+
+
+def worker(weed_store: ObjectStore, name: str, tmp_path: Path) -> Worker:
+    settings = WorkerSettings(
+        store=weed_store.config,
+        name=name,
+        queues=("q",),
+        concurrency=4,
+        key=SigningKey.generate(),
+        scheduler_keys=KeyRing([SCHEDULER.public]),
+    )
+    return Worker(settings, tmp_path)
+
+
+def test_highest_priority_first_then_oldest(weed_store, tmp_path) -> None:
+    mailbox = Mailbox(weed_store)
+    now = time.time()
+    jobs = {
+        "low-old": manifest("q", 1, now - 100),
+        "high-new": manifest("q", 50, now - 10),
+        "high-old": manifest("q", 50, now - 50),
+        "mid": manifest("q", 10, now - 200),
+    }
+    for m in jobs.values():
+        mailbox.put_manifest(m, SCHEDULER, ttl=600)
+    order = [job for _, job in worker(weed_store, "w", tmp_path)._candidates("q")[0]]
+    by_id = {m.job_id: name for name, m in jobs.items()}
+    assert [by_id[j] for j in order][2:] == ["mid", "low-old"]
+    assert {by_id[j] for j in order[:2]} == {"high-new", "high-old"}  # the top priority first
+
+
+def test_workers_start_at_different_jobs_of_the_top_priority(weed_store, tmp_path) -> None:
+    mailbox = Mailbox(weed_store)
+    now = time.time()
+    for i in range(8):
+        mailbox.put_manifest(manifest("q", 5, now - i), SCHEDULER, ttl=600)
+    firsts = {
+        worker(weed_store, f"plant-{n}", tmp_path)._candidates("q")[0][0][1] for n in range(8)
+    }
+    assert len(firsts) > 1  # contention is spread: not everyone races for the same key
+
+
+def test_major_version_mismatch_stops_claiming(weed_store, tmp_path) -> None:
+    mailbox = Mailbox(weed_store)
+    future = manifest("q", 5, time.time(), version="9.0.0")
+    mailbox.put_manifest(future, SCHEDULER, ttl=600)
+    w = worker(weed_store, "w", tmp_path)
+    assert w._scan("q") is False
+    assert not w.accepting and "version mismatch" in w.refusal and "9.0.0" in w.refusal
+    assert w.state.value == "maintenance"
+    with pytest.raises(Exception, match="no such key"):
+        weed_store.get(mailbox.layout.claim(future.job_id))
