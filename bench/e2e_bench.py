@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -63,7 +64,7 @@ def measure(
         stack.prepare()
         if executor == MAILBOX_EXECUTOR:
             stack.add_worker(
-                "bench-1", concurrency=16, EDGE_MAILBOX_WORKER_STATS_DIR=str(stats_dir)
+                "bench-1", concurrency=32, EDGE_MAILBOX_WORKER_STATS_DIR=str(stats_dir)
             )
         stack.start_airflow()
         for dag_id in times:
@@ -86,9 +87,33 @@ def measure(
                     f"  {executor.rsplit('.', 1)[-1]:<16} {dag_id:<13} {times[dag_id][-1]:6.2f} s",
                     flush=True,
                 )
+        if executor == MAILBOX_EXECUTOR:
+            client = stack.bucket_client()
+            stack.wait_for(lambda: stack.all_results_in(client), 60, "the last results")
+            PICKUPS.extend(pickup_latencies(client, stack.prefix))
     finally:
-        stack.stop()
+        stack.stop()  # the executor and the worker write their request counts as they exit
     return times
+
+
+PICKUPS: list[float] = []
+
+
+def pickup_latencies(client: object, prefix: str) -> list[float]:
+    """Seconds from a manifest's enqueue to its claim, for every job in the bucket."""
+    import json as _json
+
+    from edge_mailbox.signer.keys import b64url_decode
+
+    def body(token: str) -> dict:
+        return _json.loads(b64url_decode(token.split(".")[1]))["body"]
+
+    out = []
+    for entry in client.list_all(f"{prefix}/v1/jobs/"):
+        if entry.key.endswith("/claim.jws"):
+            claim = body(client.get(entry.key).body.decode())
+            out.append(claim["claimed_at"] - body(claim["manifest"])["enqueued_at"])
+    return out
 
 
 def main() -> int:
@@ -98,6 +123,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edge-mailbox-bench-") as tmp:
         workdir, stats_dir = Path(tmp), Path(tmp) / "stats"
         stats_dir.mkdir()
+        os.environ["EDGE_MAILBOX_STATS_DIR"] = str(stats_dir)  # the scheduler's request count
         cpu: dict[str, dict[str, float]] = {}
         results = {
             "MailboxExecutor": measure(MAILBOX_EXECUTOR, args.rounds, workdir, stats_dir, cpu),
@@ -105,10 +131,21 @@ def main() -> int:
         }
         round_trips: list[float] = []
         relay_requests: list[int] = []
+        totals = {"executor": {}, "worker": {}, "jobs": {}}
         for path in stats_dir.glob("*.json"):
             stats = json.loads(path.read_text())
-            round_trips += stats["round_trips"]
-            relay_requests.append(sum(stats["requests"].values()))
+            part = (
+                "executor"
+                if path.name == "executor.json"
+                else "worker"
+                if path.name.startswith("worker-")
+                else "jobs"
+            )
+            for kind, n in stats["requests"].items():
+                totals[part][kind] = totals[part].get(kind, 0) + n
+            if part == "jobs":
+                round_trips += stats["round_trips"]
+                relay_requests.append(sum(stats["requests"].values()))
     print("\nwall time from trigger (queued) to run success, median of rounds:")
     print(f"  {'DAG':<14}{'MailboxExecutor':>17}{'LocalExecutor':>15}")
     for dag_id in ("bench_chain", "bench_fanout"):
@@ -130,9 +167,30 @@ def main() -> int:
             f"\nrelay round trip over {len(ms)} Execution API calls: "
             f"median {statistics.median(ms):.0f} ms, p95 {p95:.0f} ms"
         )
+        tasks = len(relay_requests)
         print(
-            f"bucket requests made by a task's process (relay): median "
-            f"{statistics.median(relay_requests):.0f} per task"
+            f"\nbucket requests per task over {tasks} tasks (the whole run, idle polls included):"
+        )
+        for part, label in (
+            ("jobs", "task processes (relay)"),
+            ("worker", "worker main loop"),
+            ("executor", "scheduler side"),
+        ):
+            counts = {k: n / tasks for k, n in totals[part].items() if n}
+            print(f"  {label:<24} " + ", ".join(f"{k} {v:.1f}" for k, v in counts.items()))
+        every = {}
+        for part in totals.values():
+            for k, n in part.items():
+                every[k] = every.get(k, 0) + n / tasks
+        print(
+            f"  {'all':<24} {sum(every.values()):.1f} requests, ${price_usd(every) * 1000:.4f} "
+            "per 1,000 tasks at S3 Standard list prices"
+        )
+    if PICKUPS:
+        ordered = sorted(PICKUPS)
+        print(
+            f"\npickup (enqueue to claim) over {len(ordered)} jobs: median "
+            f"{statistics.median(ordered):.2f} s, p95 {ordered[int(len(ordered) * 0.95)]:.2f} s"
         )
     return 0
 
