@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo.stack import MAILBOX_EXECUTOR, Stack
+from edge_mailbox.mailbox.accounting import price_usd
 
 DAGS = Path(__file__).resolve().parent / "dags"
 
