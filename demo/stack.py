@@ -180,6 +180,11 @@ class Stack:
             lambda: self._get("/api/v2/monitor/health") is not None, timeout, "api-server health"
         )
 
+    def start_triggerer(self) -> None:
+        """Opt-in: deferrable tasks need ``airflow triggerer`` on the scheduler side (it runs
+        their triggers; the task resumes on an edge worker). No log server: nothing reads it."""
+        self.spawn("triggerer", [BIN / "airflow", "triggerer", "--skip-serve-logs"], self.env())
+
     def worker_home(self, name: str) -> Path:
         return self.root / f"worker-{name}"
 
@@ -298,9 +303,19 @@ class Stack:
     def add_connection(self, conn_id: str, **fields: Any) -> None:
         self._request("POST", "/api/v2/connections", {"connection_id": conn_id, **fields})
 
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+    def add_variable(self, key: str, value: str, description: str | None = None) -> None:
+        self._request(
+            "POST", "/api/v2/variables", {"key": key, "value": value, "description": description}
+        )
+
+    def trigger(
+        self, dag_id: str, conf: dict[str, Any] | None = None, logical_date: str | None = None
+    ) -> str:
+        """Trigger a run; with ``logical_date`` (ISO 8601) templates also get ``ds``, ``ts``..."""
         run = self._request(
-            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}}
+            "POST",
+            f"/api/v2/dags/{dag_id}/dagRuns",
+            {"logical_date": logical_date, "conf": conf or {}},
         )
         return run["dag_run_id"]
 
