@@ -36,7 +36,7 @@ from edge_mailbox.mailbox.store import ObjectStore
 from edge_mailbox.signer import SealKey
 
 if TYPE_CHECKING:
-    from airflow.executors.workloads import ExecuteTask
+    from airflow.executors.workloads import ExecuteCallback, ExecuteTask
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.taskinstancekey import TaskInstanceKey
 
@@ -47,6 +47,7 @@ class MailboxExecutor(BaseExecutor):
     """Runs tasks on edge workers that reach only an S3-compatible bucket."""
 
     supports_ad_hoc_ti_run = True
+    supports_callbacks = True  # deadline and other executor callbacks run on edge workers
     is_local = False
     is_production = True
     serve_logs = False
@@ -107,18 +108,19 @@ class MailboxExecutor(BaseExecutor):
     # -- enqueue -----------------------------------------------------------------------------
 
     def _process_workloads(self, workloads: Sequence[Any]) -> None:
-        from airflow.executors.workloads import ExecuteTask
+        from airflow.executors.workloads import ExecuteCallback, ExecuteTask
 
         assert self.mailbox and self.settings and self.reconciler and self._writer
-        tasks = [w for w in workloads if isinstance(w, ExecuteTask)]
+        runnable = [w for w in workloads if isinstance(w, (ExecuteTask, ExecuteCallback))]
         for other in workloads:
-            if not isinstance(other, ExecuteTask):
-                raise NotImplementedError(f"MailboxExecutor cannot run {type(other).__name__} yet")
-        futures = [(w, self._writer.submit(self._enqueue, w)) for w in tasks]
+            if not isinstance(other, (ExecuteTask, ExecuteCallback)):
+                raise NotImplementedError(f"MailboxExecutor cannot run {type(other).__name__}")
+        futures = [(w, self._writer.submit(self._enqueue, w)) for w in runnable]
         queues: set[str] = set()
         for workload, future in futures:
-            key = workload.ti.key
+            key = workload.key
             self.queued_tasks.pop(key, None)
+            self.queued_callbacks.pop(key, None)
             try:
                 job = future.result()
             except Exception as exc:
@@ -127,9 +129,10 @@ class MailboxExecutor(BaseExecutor):
                 continue
             self._keys_by_job[job.job_id] = key
             self.running.add(key)
-            # The job id becomes the task instance's external_executor_id in the database:
-            # that is how a restarted scheduler adopts it (try_adopt_task_instances).
-            self.event_buffer[key] = (TaskInstanceState.QUEUED, job.job_id)
+            if isinstance(workload, ExecuteTask):
+                # The job id becomes the task instance's external_executor_id in the database:
+                # that is how a restarted scheduler adopts it (try_adopt_task_instances).
+                self.event_buffer[key] = (TaskInstanceState.QUEUED, job.job_id)
             self.reconciler.track(job)
             queues.add(job.queue)
         for name in queues:
@@ -138,33 +141,45 @@ class MailboxExecutor(BaseExecutor):
             except Exception as exc:  # workers still find the job on their next full LIST
                 log.warning("MailboxExecutor: could not bump the marker of queue %s: %s", name, exc)
 
-    def _enqueue(self, workload: ExecuteTask) -> Job:
+    def _enqueue(self, workload: ExecuteTask | ExecuteCallback) -> Job:
+        """Write one workload's manifest. A callback (deadline and other executor callbacks)
+        travels like a task, on the default queue: ``[operators] default_queue``."""
+        from airflow.configuration import conf
+        from airflow.executors.workloads import ExecuteTask
+
         assert self.mailbox and self.settings
-        ti = workload.ti
         job_id = new_id()
-        queue_name = ti.queue or "default"
+        ti = workload.ti if isinstance(workload, ExecuteTask) else None
+        if ti is not None:
+            queue_name = ti.queue or "default"
+            fields: dict[str, Any] = {
+                "ti": ti.model_dump(mode="json"),
+                "pool_slots": int(getattr(ti, "pool_slots", 1) or 1),
+                "priority": int(getattr(ti, "priority_weight", 1) or 1),
+            }
+        else:
+            queue_name = conf.get("operators", "default_queue", fallback="default") or "default"
+            fields = {"callback": workload.callback.model_dump(mode="json")}
         manifest = JobManifest(
             job_id=job_id,
             queue=queue_name,
             enqueued_at=time.time(),
-            ti=ti.model_dump(mode="json"),
             dag_rel_path=str(workload.dag_rel_path),
             bundle_info=workload.bundle_info.model_dump(mode="json"),
             log_path=workload.log_path,
-            pool_slots=int(getattr(ti, "pool_slots", 1) or 1),
-            priority=int(getattr(ti, "priority_weight", 1) or 1),
             seal_key=SealKey.derive(self.settings.signing_key.seed(), job_id).public,
             scheduler_version=__version__,
+            **fields,
         )
         manifest_key = self.mailbox.put_manifest(
             manifest, self.settings.signing_key, self.settings.manifest_ttl
         )
         return Job(
             job_id=job_id,
-            ti_id=str(ti.id),
+            ti_id=manifest.subject_id,
             queue=queue_name,
             manifest_key=manifest_key,
-            ti_key=ti.key,
+            ti_key=workload.key,
             pool_slots=manifest.pool_slots,
             enqueued_at=manifest.enqueued_at,
         )

@@ -384,7 +384,7 @@ class Reconciler:
         if job is None:
             job = Job(
                 job_id=job_id,
-                ti_id=str(manifest.model.ti["id"]),
+                ti_id=manifest.model.subject_id,
                 queue=manifest.model.queue,
                 pool_slots=manifest.model.pool_slots,
                 enqueued_at=manifest.model.enqueued_at,
@@ -397,7 +397,7 @@ class Reconciler:
             with self.jobs_lock:
                 self.jobs.setdefault(job_id, job)
                 job = self.jobs[job_id]
-        elif str(manifest.model.ti["id"]) != job.ti_id:
+        elif manifest.model.subject_id != job.ti_id:
             raise ProtocolError("the claimed manifest is for another task instance")
         job.claim = claim
         return job
@@ -561,6 +561,10 @@ class Reconciler:
 
 
 def _ti_key(manifest: JobManifest) -> Any:
+    if manifest.callback:
+        from airflow.models.callback import CallbackKey
+
+        return CallbackKey(id=manifest.subject_id)
     from airflow.models.taskinstancekey import TaskInstanceKey
 
     ti = manifest.ti

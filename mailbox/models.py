@@ -87,7 +87,8 @@ class WireModel(BaseModel):
 
 
 class JobManifest(WireModel):
-    """What a worker needs to run one enqueue of a task instance. Never the token."""
+    """What a worker needs to run one enqueue of a task instance (``ti``) or of an executor
+    callback (``callback``: id, fetch_method, data; ``ti`` empty). Never the token."""
 
     KIND = "job"
     MAX_BYTES = 256 * KiB
@@ -95,7 +96,8 @@ class JobManifest(WireModel):
     job_id: str = Field(pattern=JOB_ID)
     queue: str = Field(min_length=1, max_length=MAX_QUEUE_NAME)
     enqueued_at: float
-    ti: dict[str, Any]
+    ti: dict[str, Any] = Field(default_factory=dict)
+    callback: dict[str, Any] | None = None
     dag_rel_path: str = Field(min_length=1, max_length=4096)
     bundle_info: dict[str, Any]
     log_path: str | None = Field(default=None, max_length=4096)
@@ -103,6 +105,18 @@ class JobManifest(WireModel):
     priority: int = 1
     seal_key: str = Field(min_length=43, max_length=43, description="scheduler's per-job X25519")
     scheduler_version: str = Field(max_length=64)
+
+    @property
+    def subject_id(self) -> str:
+        """Whose job this is for the Execution API: the task instance's or callback's id."""
+        return str(self.callback["id"] if self.callback else self.ti["id"])
+
+    def describe(self) -> str:
+        if self.callback:
+            return f"callback {self.callback.get('data', {}).get('path', '')} ({self.subject_id})"
+        ti = self.ti
+        where = f"run {ti.get('run_id')} try {ti.get('try_number')}"
+        return f"{ti.get('dag_id')}.{ti.get('task_id')} {where}"
 
 
 class ChangeMarker(WireModel):

@@ -78,6 +78,20 @@ def run(spec: dict) -> int:
     )
     client = Client(base_url=BASE_URL, token=RELAY_TOKEN, transport=transport)
     try:
+        if manifest.callback:
+            from airflow.sdk.execution_time.callback_supervisor import supervise_callback
+
+            data = manifest.callback.get("data") or {}
+            return supervise_callback(
+                id=manifest.subject_id,
+                callback_path=data.get("path", ""),
+                callback_kwargs=data.get("kwargs", {}),
+                dag_rel_path=manifest.dag_rel_path,
+                log_path=manifest.log_path,
+                bundle_info=BundleInfo.model_validate(manifest.bundle_info),
+                token=RELAY_TOKEN,
+                client=client,
+            )
         return supervise_task(
             ti=TaskInstanceDTO.model_validate(manifest.ti),
             bundle_info=BundleInfo.model_validate(manifest.bundle_info),

@@ -425,7 +425,7 @@ class Worker:
             stats_path,
         )
         shipper = None
-        if manifest.log_path:  # created before the fork: it skips what the file held before
+        if manifest.log_path and manifest.ti:  # before the fork: skips what the file held
             log_file = self.base_log_folder / manifest.log_path
             shipper = LogShipper(self.log_mailbox, manifest, log_file, skip_existing=True)
         process = fork_job(spec)
@@ -500,10 +500,7 @@ class Worker:
 
 
 def _describe(manifest: JobManifest) -> str:
-    ti = manifest.ti
-    return (
-        f"{ti.get('dag_id')}.{ti.get('task_id')} run {ti.get('run_id')} try {ti.get('try_number')}"
-    )
+    return manifest.describe()
 
 
 def check_airflow_config() -> tuple[Path, set[str]]:

@@ -1,0 +1,29 @@
+"""A run that misses its deadline on purpose: the SyncCallback runs on an edge worker."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG, task
+from airflow.sdk.definitions.callback import SyncCallback
+from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
+
+with DAG(
+    dag_id="missed_deadline",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(seconds=2),
+        callback=SyncCallback("edge_callbacks.record", kwargs={"tag": "deadline-missed"}),
+    ),
+):
+
+    @task
+    def slow() -> None:
+        time.sleep(12)
+
+    slow()
