@@ -91,7 +91,7 @@ def measure(
         if executor == MAILBOX_EXECUTOR:
             client = stack.bucket_client()
             stack.wait_for(lambda: stack.all_results_in(client), 60, "the last results")
-            PICKUPS.extend(pickup_latencies(client, stack.prefix))
+            PICKUPS.extend(pickup_latencies(stack))
     finally:
         stack.stop()  # the executor and the worker write their request counts as they exit
     return times
@@ -100,21 +100,9 @@ def measure(
 PICKUPS: list[float] = []
 
 
-def pickup_latencies(client: object, prefix: str) -> list[float]:
+def pickup_latencies(stack: Stack) -> list[float]:
     """Seconds from a manifest's enqueue to its claim, for every job in the bucket."""
-    import json as _json
-
-    from edge_mailbox.signer.keys import b64url_decode
-
-    def body(token: str) -> dict:
-        return _json.loads(b64url_decode(token.split(".")[1]))["body"]
-
-    out = []
-    for entry in client.list_all(f"{prefix}/v1/jobs/"):
-        if entry.key.endswith("/claim.jws"):
-            claim = body(client.get(entry.key).body.decode())
-            out.append(claim["claimed_at"] - body(claim["manifest"])["enqueued_at"])
-    return out
+    return [c["claimed_at"] - c["manifest"]["enqueued_at"] for c in stack.claims()]
 
 
 def main() -> int:

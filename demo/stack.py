@@ -368,6 +368,27 @@ class Stack:
             )
         )
 
+    def signed_body(self, client: Any, key: str) -> dict[str, Any]:
+        """The body of a signed object, read without verifying (tests and demos only)."""
+        from edge_mailbox.signer.keys import b64url_decode
+
+        token = client.get(key).body.decode()
+        return json.loads(b64url_decode(token.split(".")[1]))["body"]
+
+    def claims(self, client: Any | None = None) -> list[dict[str, Any]]:
+        """Every claim in the bucket, its embedded manifest's body under ``manifest``."""
+        from edge_mailbox.signer.keys import b64url_decode
+
+        client = client or self.bucket_client()
+        out = []
+        for entry in client.list_all(f"{self.prefix}/v1/jobs/"):
+            if entry.key.endswith("/claim.jws"):
+                claim = self.signed_body(client, entry.key)
+                token = claim["manifest"].split(".")[1]
+                claim["manifest"] = json.loads(b64url_decode(token))["body"]
+                out.append(claim)
+        return out
+
     def all_results_in(self, client: Any) -> bool:
         """Every claimed job has its result, and the inbox is empty (all of it was read)."""
         keys = [e.key for e in client.list_all(f"{self.prefix}/v1/")]

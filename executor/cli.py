@@ -9,11 +9,9 @@ from pathlib import Path
 from edge_mailbox import __version__
 from edge_mailbox.signer import KeyFileError, SigningKey
 
-COMING = """\
-coming next:
-  workers      list workers with state, queues, slots and last heartbeat
-  queues       pending jobs per queue and the age of the oldest
-  jobs         recent jobs and their states
+SEE_ALSO = """\
+on the scheduler side, Airflow's own CLI has the rest:
+  airflow edge-mailbox check|workers|queues|jobs|sweep
 """
 
 
@@ -45,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edge-mailbox",
         description="Admin tools for edge-mailbox, the Airflow executor whose workers "
         "reach only an S3-compatible bucket.",
-        epilog=COMING,
+        epilog=SEE_ALSO,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edge-mailbox {__version__}")

@@ -1,9 +1,11 @@
-"""A reverse proxy on loopback that misbehaves on purpose, between a client and a real store.
+"""Proxies on loopback that stand between a client and a real store.
 
-It forwards each HTTP request to the upstream store and, when told to, drops the answer
-(closes the connection after the store has applied the request) or answers 503 SlowDown
-without forwarding. That is how tests reproduce "a conditional write won but looks lost" and
-throttling against SeaweedFS, which never misbehaves by itself.
+- ``FaultProxy``, a reverse proxy that misbehaves on purpose: it forwards each request to the
+  upstream store and, when told to, drops the answer (closes the connection after the store
+  applied the request) or answers 503 SlowDown without forwarding. That is how tests
+  reproduce "a conditional write won but looks lost" and throttling against SeaweedFS.
+- ``ForwardProxy``, a plain HTTP forward proxy (absolute-form request URIs) counting what it
+  relays: what an operator's proxy looks like to a worker that must go through one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,64 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 Match = Callable[[str, str], bool]  # (method, path) -> bool
+_HOP_BY_HOP = ("connection", "proxy-connection", "transfer-encoding", "content-length")
+SLOWDOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def fetch(self, host: str, port: int, path: str, body: bytes) -> tuple[int, list, bytes]:
+        """Send this request on to ``host:port``; (status, headers, body) of the answer."""
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        conn.request(self.command, path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, response.getheaders(), data
+
+    def reply(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in _HOP_BY_HOP:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+
+class _Served:
+    """Start/stop/url for a proxy serving ``handler`` on a free port of 127.0.0.1."""
+
+    def _serve(self, handler: type[_Handler]) -> None:
+        self.server = _Server(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @dataclass
@@ -27,7 +87,7 @@ class Fault:
 
 
 @dataclass
-class FaultProxy:
+class FaultProxy(_Served):
     upstream: str
     faults: list[Fault] = field(default_factory=list)
     seen: list[tuple[str, str, int]] = field(default_factory=list)
@@ -46,127 +106,50 @@ class FaultProxy:
         return None
 
     def start(self) -> FaultProxy:
-        proxy = self
-        target = urlsplit(self.upstream)
+        proxy, target = self, urlsplit(self.upstream)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(_Handler):
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = self.read_body()
                 action = proxy._take(self.command, self.path)
                 if action == "slowdown":
-                    payload = (
-                        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-                        b"<Message>Please reduce your request rate.</Message></Error>"
-                    )
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
                     proxy.seen.append((self.command, self.path, 503))
+                    self.reply(503, [("Content-Type", "application/xml")], SLOWDOWN)
                     return
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                conn.close()
-                proxy.seen.append((self.command, self.path, response.status))
+                status, headers, data = self.fetch(
+                    target.hostname or "127.0.0.1", target.port or 80, self.path, body
+                )
+                proxy.seen.append((self.command, self.path, status))
                 if action == "drop":
                     # The store has applied the request; the client never hears of it.
                     self.close_connection = True
                     return
-                self.send_response(response.status)
-                for name, value in response.getheaders():
-                    if name.lower() not in ("connection", "transfer-encoding", "content-length"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                self.reply(status, headers, data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._serve(Handler)
         return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @dataclass
-class ForwardProxy:
-    """A plain HTTP forward proxy on loopback (absolute-form request URIs), counting requests:
-    what an operator's proxy looks like to a worker that must go through one."""
-
+class ForwardProxy(_Served):
     seen: list[tuple[str, str]] = field(default_factory=list)
 
     def start(self) -> ForwardProxy:
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(_Handler):
             def _handle(self) -> None:
                 target = urlsplit(self.path)  # absolute URI: http://host:port/path?query
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
                 proxy.seen.append((self.command, self.path))
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
                 path = target.path + (f"?{target.query}" if target.query else "")
-                headers = {
-                    k: v
-                    for k, v in self.headers.items()
-                    if k.lower() not in ("connection", "proxy-connection")
-                }
-                conn.request(self.command, path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                conn.close()
-                self.send_response(response.status)
-                for name, value in response.getheaders():
-                    if name.lower() not in ("connection", "transfer-encoding", "content-length"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                status, headers, data = self.fetch(
+                    target.hostname or "127.0.0.1", target.port or 80, path, self.read_body()
+                )
+                self.reply(status, headers, data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._serve(Handler)
         return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

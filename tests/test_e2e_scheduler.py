@@ -3,7 +3,6 @@ after waiting too long in a queue."""
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections import Counter
 from collections.abc import Iterator
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from demo.stack import Stack
-from edge_mailbox.signer.keys import b64url_decode
 
 pytestmark = pytest.mark.e2e
 DAGS = Path(__file__).parent / "dags_sched"
@@ -40,20 +38,9 @@ def stack(seaweed, tmp_path_factory) -> Iterator[Stack]:
     stack.stop(keep_store=True)
 
 
-def _body(client, key: str) -> dict:
-    return json.loads(b64url_decode(client.get(key).body.decode().split(".")[1]))["body"]
-
-
 def claims(stack: Stack) -> list[tuple[str, str]]:
     """(task_id, job_id) of every claim in the bucket."""
-    client = stack.bucket_client()
-    out = []
-    for entry in client.list_all(f"{stack.prefix}/v1/jobs/"):
-        if entry.key.endswith("/claim.jws"):
-            body = _body(client, entry.key)
-            manifest = json.loads(b64url_decode(body["manifest"].split(".")[1]))["body"]
-            out.append((manifest["ti"]["task_id"], body["job_id"]))
-    return out
+    return [(c["manifest"]["ti"]["task_id"], c["job_id"]) for c in stack.claims()]
 
 
 def successful_runs(stack: Stack) -> Counter[str]:
@@ -63,7 +50,7 @@ def successful_runs(stack: Stack) -> Counter[str]:
     done: Counter[str] = Counter()
     for entry in client.list_all(f"{stack.prefix}/v1/jobs/"):
         if entry.key.endswith("/result.jws"):
-            result = _body(client, entry.key)
+            result = stack.signed_body(client, entry.key)
             if result["state"] == "success":
                 done[by_job[result["job_id"]]] += 1
     return done

@@ -17,7 +17,6 @@ import psutil
 import pytest
 
 from demo.stack import Stack
-from edge_mailbox.signer.keys import b64url_decode
 
 pytestmark = pytest.mark.e2e
 DAGS = Path(__file__).parent / "dags_worker"
@@ -43,13 +42,9 @@ def stack(seaweed, tmp_path_factory) -> Iterator[Stack]:
 
 def claims_by_task(stack: Stack) -> dict[str, list[str]]:
     """task_id -> workers that claimed it, read from the bucket."""
-    client = stack.bucket_client()
     out: dict[str, list[str]] = {}
-    for entry in client.list_all(f"{stack.prefix}/v1/jobs/"):
-        if entry.key.endswith("/claim.jws"):
-            body = json.loads(b64url_decode(client.get(entry.key).body.decode().split(".")[1]))
-            manifest = json.loads(b64url_decode(body["body"]["manifest"].split(".")[1]))
-            out.setdefault(manifest["body"]["ti"]["task_id"], []).append(body["body"]["worker"])
+    for claim in stack.claims():
+        out.setdefault(claim["manifest"]["ti"]["task_id"], []).append(claim["worker"])
     return out
 
 
