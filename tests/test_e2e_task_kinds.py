@@ -22,7 +22,6 @@ import pytest
 from leakscan import LeakScanner
 
 from demo.stack import ROOT, Stack
-from edge_mailbox.signer.keys import b64url_decode
 
 pytestmark = pytest.mark.e2e
 DAGS = Path(__file__).parent / "dags_kinds"
@@ -67,33 +66,21 @@ class Runs:
         return [c for d, c in read_claims(self.stack) if d == dag_id]
 
 
-def _jws_body(token: str) -> dict[str, Any]:
-    return json.loads(b64url_decode(token.split(".")[1]))["body"]
-
-
 def read_claims(stack: Stack) -> list[tuple[str, ClaimRecord]]:
     """(dag_id, claim) for every claim in the bucket, with the manifest it embeds."""
-    client = stack.bucket_client()
     out = []
-    for entry in client.list_all(f"{stack.prefix}/v1/jobs/"):
-        if not entry.key.endswith("/claim.jws"):
-            continue
-        claim = _jws_body(client.get(entry.key).body.decode())
-        manifest = _jws_body(claim["manifest"])
+    for claim in stack.claims():
+        manifest = claim["manifest"]
         ti = manifest["ti"]
-        out.append(
-            (
-                ti["dag_id"],
-                ClaimRecord(
-                    ti["task_id"],
-                    ti["map_index"],
-                    ti["try_number"],
-                    claim["worker"],
-                    claim["claimed_at"],
-                    manifest["pool_slots"],
-                ),
-            )
+        record = ClaimRecord(
+            ti["task_id"],
+            ti["map_index"],
+            ti["try_number"],
+            claim["worker"],
+            claim["claimed_at"],
+            manifest["pool_slots"],
         )
+        out.append((ti["dag_id"], record))
     return out
 
 
