@@ -476,9 +476,18 @@ class Reconciler:
         started = time.monotonic()
         try:
             job = self._job_from_claim(job_id)
-            request = self.mailbox.read_request(job_id, request_id, self.settings.worker_keys)
         except NotFound:
             self._reject(key, "relay request for a job nobody claimed")
+            return
+        except (VerificationError, ProtocolError) as exc:
+            self._reject(key, f"relay request refused: {exc}")
+            return
+        try:
+            request = self.mailbox.read_request(job_id, request_id, self.settings.worker_keys)
+        except NotFound:
+            # Listed, then answered and deleted by another relay thread before this one got
+            # to it: nothing to do.
+            log.debug("edge-mailbox: %s was answered meanwhile", key)
             return
         except (VerificationError, ProtocolError) as exc:
             self._reject(key, f"relay request refused: {exc}")
