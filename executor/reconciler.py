@@ -222,6 +222,9 @@ class Reconciler:
                 self._on_result(key, job_id)
             else:
                 assert request_id
+                known = self.jobs.get(job_id)
+                if known and request_id in known.answered:
+                    continue  # answered (and deleted) since the LIST
                 with self.in_flight_lock:
                     self.in_flight.add(key)
                 self.pool.submit(self._on_request_safely, key, job_id, request_id)
