@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from edge_mailbox.executor.settings import (
 )
 from edge_mailbox.mailbox.codec import Signed
 from edge_mailbox.mailbox.errors import AlreadyExists, NotFound, ProtocolError, StoreError
-from edge_mailbox.mailbox.layout import check_job_id
+from edge_mailbox.mailbox.layout import check_job_id, new_id
 from edge_mailbox.mailbox.models import Claim, JobManifest, JobState, Revocation
 from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.mailbox.relaycodec import error_answer, open_call, seal_answer
@@ -44,6 +46,9 @@ log = logging.getLogger(__name__)
 # to task-instance keys.
 Event = tuple[str, str, Any]
 TokenMinter = Callable[[str, str], str]  # (ti_id, scope) -> JWT
+# How long a reconciler may hold a relay request before another may take it over: longer than
+# any Execution API call (execution_api_timeout is at most 600 s, 30 s by default).
+RELAY_LEASE = 660.0
 
 
 @dataclass
@@ -68,6 +73,7 @@ class Job:
     # memory, so a request is checked against the bucket before it is replayed.
     rebuilt: bool = False
     answered: set[str] = field(default_factory=set)
+    listed: set[str] = field(default_factory=set)  # requests seen once already
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -102,6 +108,7 @@ class Reconciler:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="mailbox-reconciler", daemon=True)
         self.relist = True  # LIST once at start: items may be waiting from before a restart
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()}"
         self.watch = WorkerWatch(mailbox, settings.worker_keys, settings.worker_timeout)
         self.last_watch = 0.0
         self.keys_loaded_at = time.monotonic()
@@ -296,6 +303,7 @@ class Reconciler:
                     layout.inbox_claim(job.job_id),
                     layout.inbox_result(job.job_id),
                     *(layout.relay_response(job.job_id, r) for r in job.answered),
+                    *(layout.relay_lease(job.job_id, r) for r in job.answered),
                 ]
             if job.manifest_key:
                 keys.append(job.manifest_key)
@@ -502,10 +510,11 @@ class Reconciler:
         self._report_claimed(job)  # in case its claim notice is late or lost
         replay_ms = 0.0
         with job.lock:  # one call at a time per job, in arrival order of the poll
-            if request_id in job.answered or (
-                job.rebuilt and self._answered_before(job_id, request_id)
-            ):
+            if request_id in job.answered or self._answered_before(job, request_id):
                 self.mailbox.store.delete(key)
+                return
+            if not self.mailbox.take_request(job_id, request_id, self.owner, RELAY_LEASE):
+                log.debug("edge-mailbox: %s is being answered by another reconciler", key)
                 return
             seal_key = SealKey.derive(self.settings.signing_key.seed(), job_id)
             try:
@@ -563,10 +572,14 @@ class Reconciler:
             replay_ms,
         )
 
-    def _answered_before(self, job_id: str, request_id: str) -> bool:
-        """After a restart the memory of answers is gone: the bucket still has them."""
+    def _answered_before(self, job: Job, request_id: str) -> bool:
+        """Answered by another reconciler, or by us before a restart: the bucket knows.
+        Asked only when the request is seen a second time, so the usual path costs nothing."""
+        if request_id not in job.listed:
+            job.listed.add(request_id)
+            return False
         try:
-            self.mailbox.store.head(self.mailbox.layout.relay_response(job_id, request_id))
+            self.mailbox.store.head(self.mailbox.layout.relay_response(job.job_id, request_id))
             return True
         except NotFound:
             return False

@@ -187,6 +187,11 @@ class Layout:
     def revocation(self, job_id: str) -> str:
         return f"{self.job_root(job_id)}revoked.jws"
 
+    def relay_lease(self, job_id: str, request_id: str) -> str:
+        """Taken by the reconciler that replays a request: with several schedulers (or an old
+        and a new one overlapping), one request is executed by one of them only."""
+        return f"{self.job_root(job_id)}taken/{check_request_id(request_id)}.json"
+
     def relay_response(self, job_id: str, request_id: str) -> str:
         return f"{self.job_root(job_id)}responses/{check_request_id(request_id)}.jws"
 

@@ -8,11 +8,12 @@ reason) or ProtocolError.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
 from edge_mailbox.mailbox.codec import Signed, binding, decode_signed, encode_signed
-from edge_mailbox.mailbox.errors import NotFound
+from edge_mailbox.mailbox.errors import AlreadyExists, NotFound, PreconditionFailed
 from edge_mailbox.mailbox.layout import Layout, ManifestKey
 from edge_mailbox.mailbox.models import (
     ChangeMarker,
@@ -159,6 +160,34 @@ class Mailbox:
         return self._read(
             self.layout.inbox_request(job_id, request_id), RelayRequest, worker_keys, bind
         )
+
+    def take_request(self, job_id: str, request_id: str, owner: str, lease: float) -> bool:
+        """Take the right to replay a request: a conditional create of its lease object.
+
+        False when another reconciler holds it. A lease older than ``lease`` seconds (its
+        holder died between taking and answering) is taken over with a compare-and-swap."""
+        key = self.layout.relay_lease(job_id, request_id)
+        body = json.dumps({"owner": owner, "taken_at": time.time(), "nonce": nonce()}).encode()
+        try:
+            self.store.create(key, body)
+            return True
+        except AlreadyExists:
+            pass
+        try:
+            current = self.store.get(key, max_bytes=4096)
+            held = json.loads(current.body)
+            taken_at = float(held.get("taken_at", 0))
+        except (NotFound, ValueError, TypeError, AttributeError):
+            return False
+        if held.get("owner") == owner:
+            return True  # ours, from an attempt that did not get to answer
+        if time.time() - taken_at < lease:
+            return False
+        try:
+            self.store.replace(key, body, current.etag)
+        except PreconditionFailed:
+            return False
+        return True
 
     def put_response(self, response: RelayResponse, key: SigningKey) -> None:
         """Write the answer once: a second reconciler's answer to the same request loses."""

@@ -1,0 +1,156 @@
+"""Two reconcilers (two schedulers, or an old and a new one overlapping) watch one bucket: each
+relayed call reaches the Execution API once, and the worker gets its answer.
+
+The Execution API here is a small counting HTTP server on loopback; the bucket is SeaweedFS;
+the worker side is the real RelayTransport inside an httpx client, as the Task SDK uses it."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import queue
+import socketserver
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from conftest import store_config
+
+from edge_mailbox.executor.reconciler import Reconciler
+from edge_mailbox.executor.settings import ExecutorSettings
+from edge_mailbox.mailbox.layout import new_id
+from edge_mailbox.mailbox.models import Claim, JobManifest
+from edge_mailbox.mailbox.protocol import Mailbox, nonce
+from edge_mailbox.mailbox.store import ObjectStore
+from edge_mailbox.signer import KeyRing, SealKey, SigningKey
+from edge_mailbox.worker.transport import BASE_URL, RelayTransport
+
+TI = "01a20147-3ff0-76e2-ac44-bf7425a784de"
+
+
+class CountingApi:
+    """Answers every call after a short pause (to widen any race), counting them by path."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_PUT(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                api.calls[self.path] += 1
+                time.sleep(0.3)
+                authorized = self.headers.get("authorization") == "Bearer execution-token"
+                body = json.dumps({"ok": True, "authorized": authorized}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/execution/"
+
+
+@pytest.fixture
+def api() -> Iterator[CountingApi]:
+    server = CountingApi()
+    yield server
+    server.server.shutdown()
+
+
+def test_each_relayed_call_is_executed_once(seaweed, prefix, api) -> None:
+    scheduler, worker = SigningKey.generate(), SigningKey.generate()
+    config = store_config(seaweed, prefix)
+    settings = ExecutorSettings(
+        store=config,
+        signing_key=scheduler,
+        worker_keys=KeyRing([worker.public]),
+        worker_keys_spec="",
+        manifest_ttl=600,
+        poll_active=0.02,
+        poll_idle=0.02,
+        list_interval=1,
+        worker_timeout=120,
+        cleanup_success_after=300,
+        cleanup_failed_after=300,
+        worker_check_interval=60,
+        relay_threads=4,
+        execution_api_url=api.url,
+        execution_api_timeout=10,
+    )
+    reconcilers = [
+        Reconciler(
+            Mailbox(ObjectStore(config)),
+            settings,
+            lambda ti, scope: f"{scope}-token",
+            queue.Queue(),
+        )
+        for _ in range(2)
+    ]
+    for reconciler in reconcilers:
+        reconciler.outstanding = lambda: 1  # poll fast, as while jobs run
+        reconciler.start()
+    try:
+        mailbox = Mailbox(ObjectStore(config))
+        job_id = new_id()
+        manifest = JobManifest(
+            job_id=job_id,
+            queue="default",
+            enqueued_at=time.time(),
+            ti={"id": TI, "dag_id": "d", "task_id": "t", "run_id": "r", "try_number": 1},
+            dag_rel_path="d.py",
+            bundle_info={"name": "dags-folder", "version": None},
+            seal_key=SealKey.derive(scheduler.seed(), job_id).public,
+            scheduler_version="0.1.0",
+        )
+        key = mailbox.put_manifest(manifest, scheduler, ttl=600)
+        raw = mailbox.store.get(key).body.decode()
+        seal_key = SealKey.generate()
+        mailbox.create_claim(
+            Claim(
+                job_id=job_id,
+                queue="default",
+                worker="w1",
+                seal_key=seal_key.public,
+                claimed_at=time.time(),
+                nonce=nonce(),
+                worker_version="0.1.0",
+                manifest=raw,
+            ),
+            worker,
+        )
+        transport = RelayTransport(
+            mailbox,
+            job_id,
+            worker_key=worker,
+            seal_key=seal_key,
+            scheduler_seal_key=manifest.seal_key,
+            scheduler_keys=KeyRing([scheduler.public]),
+            deadline=60,
+        )
+        with httpx.Client(base_url=BASE_URL, transport=transport) as client:
+            for _ in range(6):
+                answer = client.put(f"task-instances/{TI}/heartbeat", json={"pid": 1})
+                assert answer.status_code == 200
+                # The call carried the token that the scheduler side minted, not the worker.
+                assert answer.json() == {"ok": True, "authorized": True}
+        assert api.calls == {f"/execution/task-instances/{TI}/heartbeat": 6}
+    finally:
+        for reconciler in reconcilers:
+            reconciler.stop()
