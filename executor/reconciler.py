@@ -46,9 +46,11 @@ log = logging.getLogger(__name__)
 # to task-instance keys.
 Event = tuple[str, str, Any]
 TokenMinter = Callable[[str, str], str]  # (ti_id, scope) -> JWT
-# How long a reconciler may hold a relay request before another may take it over: longer than
-# any Execution API call (execution_api_timeout is at most 600 s, 30 s by default).
-RELAY_LEASE = 660.0
+# How long a reconciler may hold a relay request before another may take it over, as a
+# multiple of execution_api_timeout (a replay never takes longer than that): a scheduler that
+# died between taking a request and answering it delays that task by this much, no more.
+RELAY_LEASE_TIMEOUTS = 2.0
+RELAY_LEASE_MARGIN = 10.0
 
 
 @dataclass
@@ -109,6 +111,9 @@ class Reconciler:
         self.thread = threading.Thread(target=self._run, name="mailbox-reconciler", daemon=True)
         self.relist = True  # LIST once at start: items may be waiting from before a restart
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()}"
+        self.relay_lease = (
+            settings.execution_api_timeout * RELAY_LEASE_TIMEOUTS + RELAY_LEASE_MARGIN
+        )
         self.watch = WorkerWatch(mailbox, settings.worker_keys, settings.worker_timeout)
         self.last_watch = 0.0
         self.keys_loaded_at = time.monotonic()
@@ -513,7 +518,7 @@ class Reconciler:
             if request_id in job.answered or self._answered_before(job, request_id):
                 self.mailbox.store.delete(key)
                 return
-            if not self.mailbox.take_request(job_id, request_id, self.owner, RELAY_LEASE):
+            if not self.mailbox.take_request(job_id, request_id, self.owner, self.relay_lease):
                 log.debug("edge-mailbox: %s is being answered by another reconciler", key)
                 return
             seal_key = SealKey.derive(self.settings.signing_key.seed(), job_id)

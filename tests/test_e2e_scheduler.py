@@ -26,13 +26,13 @@ def stack(seaweed, tmp_path_factory) -> Iterator[Stack]:
             "scheduler": {
                 "orphaned_tasks_check_interval": 5,
                 "scheduler_health_check_threshold": 10,
-                "task_queued_timeout": 12,
+                "task_queued_timeout": 45,
                 "task_queued_timeout_check_interval": 3,
             }
         },
     )
     stack.prepare(store=seaweed)
-    stack.add_worker("edge-1", concurrency=4)
+    stack.add_worker("edge-1", concurrency=8)
     stack.start_airflow()
     yield stack
     stack.stop(keep_store=True)

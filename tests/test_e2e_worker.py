@@ -130,7 +130,10 @@ def test_maintenance_drains_then_resumes(stack: Stack) -> None:
     started = time.monotonic()
     done = stack.worker_cli("naps-3", "maintenance", "on", "--comment", "disk swap", "--wait")
     assert done.returncode == 0, done.stderr
-    assert stack.run_state("long_nap", run_id) == "success"  # --wait waited for the task
+    # --wait returned once the task was done on the worker (the run follows in the scheduler).
+    (ti,) = stack.task_instances("long_nap", run_id)
+    assert ti["state"] == "success", ti
+    assert stack.wait_for_run("long_nap", run_id, timeout=60) == "success"
     assert time.monotonic() - started > 5
     status = json.loads(stack.worker_cli("naps-3", "status").stdout)
     assert status["state"] == "maintenance" and status["maintenance_comment"] == "disk swap"

@@ -154,3 +154,14 @@ def test_each_relayed_call_is_executed_once(seaweed, prefix, api) -> None:
     finally:
         for reconciler in reconcilers:
             reconciler.stop()
+
+
+def test_a_dead_reconcilers_lease_is_taken_over(weed_store) -> None:
+    """A reconciler that took a request and died does not block it for longer than the lease."""
+    mailbox = Mailbox(weed_store)
+    job_id, request_id = new_id(), new_id()
+    assert mailbox.take_request(job_id, request_id, "scheduler-a", lease=60)
+    assert mailbox.take_request(job_id, request_id, "scheduler-a", lease=60)  # still ours
+    assert not mailbox.take_request(job_id, request_id, "scheduler-b", lease=60)  # held
+    assert mailbox.take_request(job_id, request_id, "scheduler-b", lease=0)  # expired: taken
+    assert not mailbox.take_request(job_id, request_id, "scheduler-a", lease=60)  # b holds it
