@@ -48,6 +48,8 @@ class WorkerWatch:
     timeout: float
     healthy_since: float | None = None
     last_seen: dict[str, float] = field(default_factory=dict)
+    check_interval: float = 15.0
+    last_refresh: float | None = None
     etags: dict[str, str] = field(default_factory=dict)
     heartbeats: dict[str, tuple[str, Heartbeat]] = field(default_factory=dict)  # by etag
     warned: set[str] = field(default_factory=set)
@@ -62,10 +64,17 @@ class WorkerWatch:
             self.healthy_since = None
             return False
         now = time.time()
-        if now - started > SLOW_LIST_SECONDS:
-            # The bucket hung rather than failed: writers were stuck as long as we were, so
-            # their heartbeats are stale for the same reason. Start the clock again.
-            log.warning("edge-mailbox: the bucket took %.0f s to answer", now - started)
+        gap = started - self.last_refresh if self.last_refresh else 0.0
+        self.last_refresh = now
+        if now - started > SLOW_LIST_SECONDS or gap > 2 * self.check_interval + SLOW_LIST_SECONDS:
+            # The bucket hung rather than failed (this LIST, or another call that held up our
+            # loop): writers were stuck as long as we were, so their heartbeats are stale for
+            # the same reason. Start the clock again.
+            log.warning(
+                "edge-mailbox: the bucket was slow (LIST %.0f s, %.0f s since the last check)",
+                now - started,
+                gap,
+            )
             self.healthy_since = now
         if self.healthy_since is None:
             self.healthy_since = now

@@ -114,7 +114,13 @@ class Reconciler:
         self.relay_lease = (
             settings.execution_api_timeout * RELAY_LEASE_TIMEOUTS + RELAY_LEASE_MARGIN
         )
-        self.watch = WorkerWatch(mailbox, settings.worker_keys, settings.worker_timeout)
+        self.watch = WorkerWatch(
+            mailbox,
+            settings.worker_keys,
+            settings.worker_timeout,
+            check_interval=settings.worker_check_interval,
+        )
+        self.parked: set[str] = set()  # signed by a key not trusted (yet): kept, not acted on
         self.last_watch = 0.0
         self.keys_loaded_at = time.monotonic()
         self.rejected: set[str] = set()
@@ -225,6 +231,8 @@ class Reconciler:
         order = {"claim": 0, "request": 1, "result": 2}
         handled = 0
         for key, job_id, kind, request_id in sorted(items, key=lambda i: order[i[2]]):
+            if key in self.parked:
+                continue
             with self.in_flight_lock:
                 if key in self.in_flight:
                     continue
@@ -329,6 +337,9 @@ class Reconciler:
             log.error("edge-mailbox: keeping the trusted worker keys as they were: %s", exc)
             return
         added, removed = self.settings.worker_keys.replace_with(fresh)
+        if added:
+            self.parked.clear()  # what waited for a key gets another look
+            self.relist = True
         if added or removed:
             log.info(
                 "edge-mailbox: worker keys now trusted: +%s -%s",
@@ -365,6 +376,17 @@ class Reconciler:
                 with contextlib.suppress(StoreError):
                     self.mailbox.store.delete(job.manifest_key)
 
+    def _refuse(self, key: str | None, what: str, exc: Exception) -> None:
+        """A refused item is deleted, unless only its key is unknown: a worker enrolled a
+        moment ago must not lose its claim or its call, so that item waits (parked) until the
+        trusted keys change."""
+        if key and isinstance(exc, VerificationError) and exc.reason is Reason.UNKNOWN_KEY:
+            if key not in self.parked:
+                log.warning("edge-mailbox: %s waits for its key to be trusted: %s", key, exc)
+                self.parked.add(key)
+            return
+        self._reject(key, f"{what}: {exc}")
+
     def _reject(self, key: str | None, reason: str) -> None:
         if key is None:
             log.warning("edge-mailbox: %s", reason)
@@ -388,7 +410,7 @@ class Reconciler:
             claim = self.mailbox.read_claim(job_id, self.settings.worker_keys)
         except VerificationError as exc:
             # A worker enrolled a moment ago: look at the key files again (at most each 5 s).
-            if exc.reason is not Reason.UNKNOWN_KEY or time.monotonic() - self.keys_loaded_at < 5:
+            if exc.reason is not Reason.UNKNOWN_KEY or time.monotonic() - self.keys_loaded_at < 1:
                 raise
             self.reload_worker_keys()
             claim = self.mailbox.read_claim(job_id, self.settings.worker_keys)
@@ -425,7 +447,7 @@ class Reconciler:
             self._reject(key, "claim notice without a claim")
             return
         except (VerificationError, ProtocolError) as exc:
-            self._reject(key, f"claim refused: {exc}")
+            self._refuse(key, "claim refused", exc)
             return
         self._report_claimed(job)
         if key:
@@ -454,7 +476,7 @@ class Reconciler:
             self._reject(key, "result notice without a claim or result")
             return
         except (VerificationError, ProtocolError) as exc:
-            self._reject(key, f"result refused: {exc}")
+            self._refuse(key, "result refused", exc)
             return
         assert job and job.claim
         if result.kid != job.claim.kid:
@@ -496,7 +518,7 @@ class Reconciler:
             self._reject(key, "relay request for a job nobody claimed")
             return
         except (VerificationError, ProtocolError) as exc:
-            self._reject(key, f"relay request refused: {exc}")
+            self._refuse(key, "relay request refused", exc)
             return
         try:
             request = self.mailbox.read_request(job_id, request_id, self.settings.worker_keys)
@@ -506,7 +528,7 @@ class Reconciler:
             log.debug("edge-mailbox: %s was answered meanwhile", key)
             return
         except (VerificationError, ProtocolError) as exc:
-            self._reject(key, f"relay request refused: {exc}")
+            self._refuse(key, "relay request refused", exc)
             return
         assert job and job.claim
         if request.kid != job.claim.kid or request.model.job_id != job_id:

@@ -74,14 +74,12 @@ def api() -> Iterator[CountingApi]:
     server.server.shutdown()
 
 
-def test_each_relayed_call_is_executed_once(seaweed, prefix, api) -> None:
-    scheduler, worker = SigningKey.generate(), SigningKey.generate()
-    config = store_config(seaweed, prefix)
-    settings = ExecutorSettings(
+def make_settings(config, scheduler: SigningKey, ring: KeyRing, spec: str, api_url: str):
+    return ExecutorSettings(
         store=config,
         signing_key=scheduler,
-        worker_keys=KeyRing([worker.public]),
-        worker_keys_spec="",
+        worker_keys=ring,
+        worker_keys_spec=spec,
         manifest_ttl=600,
         poll_active=0.02,
         poll_idle=0.02,
@@ -91,59 +89,67 @@ def test_each_relayed_call_is_executed_once(seaweed, prefix, api) -> None:
         cleanup_failed_after=300,
         worker_check_interval=60,
         relay_threads=4,
-        execution_api_url=api.url,
+        execution_api_url=api_url,
         execution_api_timeout=10,
     )
-    reconcilers = [
-        Reconciler(
-            Mailbox(ObjectStore(config)),
-            settings,
-            lambda ti, scope: f"{scope}-token",
-            queue.Queue(),
-        )
-        for _ in range(2)
-    ]
-    for reconciler in reconcilers:
-        reconciler.outstanding = lambda: 1  # poll fast, as while jobs run
-        reconciler.start()
-    try:
-        mailbox = Mailbox(ObjectStore(config))
-        job_id = new_id()
-        manifest = JobManifest(
+
+
+def claimed_job(mailbox: Mailbox, scheduler: SigningKey, worker: SigningKey) -> RelayTransport:
+    """A manifest, the worker's claim of it, and the worker's relay transport for it."""
+    job_id = new_id()
+    manifest = JobManifest(
+        job_id=job_id,
+        queue="default",
+        enqueued_at=time.time(),
+        ti={"id": TI, "dag_id": "d", "task_id": "t", "run_id": "r", "try_number": 1},
+        dag_rel_path="d.py",
+        bundle_info={"name": "dags-folder", "version": None},
+        seal_key=SealKey.derive(scheduler.seed(), job_id).public,
+        scheduler_version="0.1.0",
+    )
+    key = mailbox.put_manifest(manifest, scheduler, ttl=600)
+    seal_key = SealKey.generate()
+    mailbox.create_claim(
+        Claim(
             job_id=job_id,
             queue="default",
-            enqueued_at=time.time(),
-            ti={"id": TI, "dag_id": "d", "task_id": "t", "run_id": "r", "try_number": 1},
-            dag_rel_path="d.py",
-            bundle_info={"name": "dags-folder", "version": None},
-            seal_key=SealKey.derive(scheduler.seed(), job_id).public,
-            scheduler_version="0.1.0",
-        )
-        key = mailbox.put_manifest(manifest, scheduler, ttl=600)
-        raw = mailbox.store.get(key).body.decode()
-        seal_key = SealKey.generate()
-        mailbox.create_claim(
-            Claim(
-                job_id=job_id,
-                queue="default",
-                worker="w1",
-                seal_key=seal_key.public,
-                claimed_at=time.time(),
-                nonce=nonce(),
-                worker_version="0.1.0",
-                manifest=raw,
-            ),
-            worker,
-        )
-        transport = RelayTransport(
-            mailbox,
-            job_id,
-            worker_key=worker,
-            seal_key=seal_key,
-            scheduler_seal_key=manifest.seal_key,
-            scheduler_keys=KeyRing([scheduler.public]),
-            deadline=60,
-        )
+            worker="w1",
+            seal_key=seal_key.public,
+            claimed_at=time.time(),
+            nonce=nonce(),
+            worker_version="0.1.0",
+            manifest=mailbox.store.get(key).body.decode(),
+        ),
+        worker,
+    )
+    return RelayTransport(
+        mailbox,
+        job_id,
+        worker_key=worker,
+        seal_key=seal_key,
+        scheduler_seal_key=manifest.seal_key,
+        scheduler_keys=KeyRing([scheduler.public]),
+        deadline=60,
+    )
+
+
+def reconciler(config, settings: ExecutorSettings) -> Reconciler:
+    r = Reconciler(
+        Mailbox(ObjectStore(config)), settings, lambda ti, scope: f"{scope}-token", queue.Queue()
+    )
+    r.outstanding = lambda: 1  # poll fast, as while jobs run
+    return r
+
+
+def test_each_relayed_call_is_executed_once(seaweed, prefix, api) -> None:
+    scheduler, worker = SigningKey.generate(), SigningKey.generate()
+    config = store_config(seaweed, prefix)
+    settings = make_settings(config, scheduler, KeyRing([worker.public]), "", api.url)
+    reconcilers = [reconciler(config, settings) for _ in range(2)]
+    for r in reconcilers:
+        r.start()
+    try:
+        transport = claimed_job(Mailbox(ObjectStore(config)), scheduler, worker)
         with httpx.Client(base_url=BASE_URL, transport=transport) as client:
             for _ in range(6):
                 answer = client.put(f"task-instances/{TI}/heartbeat", json={"pid": 1})
@@ -152,8 +158,52 @@ def test_each_relayed_call_is_executed_once(seaweed, prefix, api) -> None:
                 assert answer.json() == {"ok": True, "authorized": True}
         assert api.calls == {f"/execution/task-instances/{TI}/heartbeat": 6}
     finally:
-        for reconciler in reconcilers:
-            reconciler.stop()
+        for r in reconcilers:
+            r.stop()
+
+
+def test_a_call_from_a_worker_enrolled_a_moment_ago_waits_not_lost(
+    seaweed, prefix, api, tmp_path
+) -> None:
+    """Signed by a key not trusted yet: kept in the inbox, served once the key is enrolled."""
+    scheduler, worker, other = (SigningKey.generate() for _ in range(3))
+    trusted = tmp_path / "workers"
+    trusted.mkdir()
+    other.write(trusted / "other.pem")
+    config = store_config(seaweed, prefix)
+    ring = KeyRing([other.public])
+    settings = make_settings(config, scheduler, ring, str(trusted), api.url)
+    r = reconciler(config, settings)
+    r.start()
+    try:
+        transport = claimed_job(Mailbox(ObjectStore(config)), scheduler, worker)
+        results: list[httpx.Response] = []
+        call = threading.Thread(
+            target=lambda: results.append(
+                httpx.Client(base_url=BASE_URL, transport=transport).put(
+                    f"task-instances/{TI}/heartbeat", json={"pid": 1}
+                )
+            )
+        )
+        call.start()
+        inbox = f"{prefix}/v1/inbox/"
+        mailbox = Mailbox(ObjectStore(config))
+
+        def parked() -> bool:
+            return bool(r.parked) and any(mailbox.store.list_all(inbox))
+
+        deadline = time.monotonic() + 30
+        while not parked():
+            assert time.monotonic() < deadline, "the request was not parked"
+            time.sleep(0.1)
+        assert api.calls == {}  # nothing replayed for an unknown key ...
+        worker.write(trusted / "w1.pem")  # ... until an operator enrolls the worker
+        r.reload_worker_keys()
+        call.join(30)
+        assert results and results[0].status_code == 200
+        assert api.calls == {f"/execution/task-instances/{TI}/heartbeat": 1}
+    finally:
+        r.stop()
 
 
 def test_a_dead_reconcilers_lease_is_taken_over(weed_store) -> None:
