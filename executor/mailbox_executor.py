@@ -127,6 +127,12 @@ class MailboxExecutor(BaseExecutor):
                 log.error("MailboxExecutor: could not enqueue %s: %s", key, exc)
                 self.fail(key, f"edge-mailbox: could not write the job to the bucket: {exc}")
                 continue
+            # A task instance queued again with the same key (a deferred task resuming, a
+            # revoked one requeued): what its earlier job reports from now on is stale, and
+            # would make Airflow fail the new one as "finished while queued".
+            for earlier in self._jobs_of(key):
+                self._keys_by_job.pop(earlier, None)
+                self.reconciler.supersede(earlier)
             self._keys_by_job[job.job_id] = key
             self.running.add(key)
             if isinstance(workload, ExecuteTask):
@@ -198,7 +204,7 @@ class MailboxExecutor(BaseExecutor):
             key = self._keys_by_job.get(job_id)
             if key is None and self.reconciler:
                 job = self.reconciler.jobs.get(job_id)
-                key = job.ti_key if job else None
+                key = job.ti_key if job and not job.superseded else None
             if key is None:
                 continue
             if kind == "running":

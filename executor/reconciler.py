@@ -67,6 +67,7 @@ class Job:
     pool_slots: int = 1
     enqueued_at: float = field(default_factory=time.time)
     finished: bool = False
+    superseded: bool = False  # its task instance was queued again as a newer job
     finished_at: float | None = None
     succeeded: bool = False
     revoked: bool = False
@@ -161,6 +162,14 @@ class Reconciler:
         except StoreError as exc:
             log.warning("edge-mailbox: revocation of %s not written yet: %s", job_id, exc)
         log.info("edge-mailbox: revoked job %s: %s", job_id, reason)
+
+    def supersede(self, job_id: str) -> None:
+        """A newer job runs the same task instance: this one's events are no longer reported
+        (its relay stays open: a deferring task's last calls may still be in flight)."""
+        with self.jobs_lock:
+            job = self.jobs.get(job_id)
+        if job:
+            job.superseded = True
 
     def adopt(self, job_id: str, ti_id: str, queue_name: str, ti_key: Any) -> bool:
         """Track a job a previous scheduler queued, from the id Airflow kept for it."""
