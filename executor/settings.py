@@ -8,13 +8,12 @@ scheduler refuses to start with a readable message instead of failing later mid-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from edge_mailbox.mailbox.config import StoreConfig
-from edge_mailbox.signer import KeyFileError, KeyRing, PublicKey, SigningKey
+from edge_mailbox.signer import KeyFileError, KeyRing, SigningKey
 
 SECTION = "edge_mailbox"
 
@@ -72,16 +71,10 @@ def load_worker_keys(raw: str) -> KeyRing:
             f"[{SECTION}] worker_public_keys is not set: list the .pub files of the workers you "
             "trust (edge-mailbox-worker keygen writes one), comma-separated"
         )
-    ring = KeyRing()
-    for item in (p.strip() for p in raw.split(",")):
-        if not item:
-            continue
-        paths = sorted(Path(item).glob("*.pub")) if Path(item).is_dir() else [Path(item)]
-        for path in paths:
-            try:
-                ring.add(PublicKey.from_file(path))
-            except KeyFileError as exc:
-                raise EdgeMailboxConfigError(f"[{SECTION}] worker_public_keys: {exc}") from None
+    try:
+        ring = KeyRing.from_spec(raw)
+    except KeyFileError as exc:
+        raise EdgeMailboxConfigError(f"[{SECTION}] worker_public_keys: {exc}") from None
     if not len(ring):
         raise EdgeMailboxConfigError(f"[{SECTION}] worker_public_keys names no key files")
     return ring

@@ -175,6 +175,19 @@ class KeyRing:
     def from_files(cls, paths: Iterable[str | os.PathLike[str]]) -> KeyRing:
         return cls(PublicKey.from_file(p) for p in paths)
 
+    @classmethod
+    def from_spec(cls, spec: str) -> KeyRing:
+        """The keys a setting names: comma-separated key files and folders of ``.pub`` files.
+        Raises KeyFileError for a file that is missing or not a key."""
+        ring = cls()
+        for item in (p.strip() for p in spec.split(",")):
+            if not item:
+                continue
+            folder = Path(item)
+            for path in sorted(folder.glob("*.pub")) if folder.is_dir() else [folder]:
+                ring.add(PublicKey.from_file(path))
+        return ring
+
     def add(self, key: PublicKey) -> None:
         self._keys[key.kid] = key
 

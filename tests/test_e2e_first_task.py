@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from leakscan import LeakScanner, leaks_in
 
 from demo.stack import Stack
@@ -134,4 +133,3 @@ def test_manifest_signed_by_another_key_is_never_claimed(stack: Stack) -> None:
     with pytest.raises(Exception, match="no such key"):
         mailbox.store.get(mailbox.layout.claim(job_id))
     assert f"claimed job {job_id}" not in log_path.read_text()
-    assert ROOT.exists()

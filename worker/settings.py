@@ -7,14 +7,13 @@ from __future__ import annotations
 import argparse
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from edge_mailbox.mailbox.config import StoreConfig
 from edge_mailbox.mailbox.layout import encode_name
-from edge_mailbox.signer import KeyFileError, KeyRing, PublicKey, SigningKey
+from edge_mailbox.signer import KeyFileError, KeyRing, SigningKey
 
 SECTION = "edge_mailbox"
 
@@ -109,12 +108,10 @@ def resolve(args: argparse.Namespace, conf: Any = None) -> WorkerSettings:
             "no scheduler key to trust: pass --scheduler-key FILE.pub or set "
             "[edge_mailbox] scheduler_public_keys (the .pub of the scheduler's signing key)"
         )
-    ring = KeyRing()
-    for path in (p.strip() for p in scheduler_paths.split(",") if p.strip()):
-        try:
-            ring.add(PublicKey.from_file(Path(path)))
-        except KeyFileError as exc:
-            raise WorkerConfigError(f"scheduler key: {exc}") from None
+    try:
+        ring = KeyRing.from_spec(scheduler_paths)
+    except KeyFileError as exc:
+        raise WorkerConfigError(f"scheduler key: {exc}") from None
 
     def seconds(flag: str, option: str, default: str, low: float, high: float) -> float:
         raw = pick(flag, option, default)
