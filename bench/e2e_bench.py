@@ -32,7 +32,10 @@ def _seconds(run: dict) -> float:
 
 
 def cpu_seconds(stack: Stack) -> dict[str, float]:
-    """CPU time so far of each component, with its live and reaped child processes."""
+    """CPU time so far of each component, split into the component's own process and the
+    processes it runs tasks in (with reaped ones): for LocalExecutor those are the
+    scheduler's worker processes, for MailboxExecutor the edge worker's job processes. That
+    split is what compares the edge worker with Airflow's own workers."""
     import psutil
 
     totals: dict[str, float] = {}
@@ -40,19 +43,23 @@ def cpu_seconds(stack: Stack) -> dict[str, float]:
     if stack.store and stack.store.process:
         named["seaweedfs"] = stack.store.process
     for name, popen in named.items():
+        name = name.split("-")[0] if name.startswith("worker") else name
         try:
             root = psutil.Process(popen.pid)
-            procs = [root, *root.children(recursive=True)]
+            own = root.cpu_times()
+            children = root.children(recursive=True)
         except psutil.NoSuchProcess:
             continue
-        total = 0.0
-        for proc in procs:
+        spawned = own.children_user + own.children_system
+        for proc in children:
             try:
                 t = proc.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
+                spawned += t.user + t.system + t.children_user + t.children_system
             except psutil.NoSuchProcess:
                 pass
-        totals[name.split("-")[0] if name.startswith("worker") else name] = total
+        totals[name] = own.user + own.system
+        if spawned or name in ("scheduler", "worker"):
+            totals[f"{name} tasks"] = spawned
     return totals
 
 
@@ -120,6 +127,8 @@ def main() -> int:
         }
         round_trips: list[float] = []
         relay_requests: list[int] = []
+        polls: list[float] = []
+        job_cpu: dict[str, list[float]] = {}
         totals = {"executor": {}, "worker": {}, "jobs": {}}
         for path in stats_dir.glob("*.json"):
             stats = json.loads(path.read_text())
@@ -135,13 +144,17 @@ def main() -> int:
             if part == "jobs":
                 round_trips += stats["round_trips"]
                 relay_requests.append(sum(stats["requests"].values()))
+                polls.append(stats.get("polls", 0) / max(1, len(stats["round_trips"])))
+                for part, times in stats.get("cpu", {}).items():
+                    job_cpu.setdefault(part, []).append(times["user"] + times["system"])
     print("\nwall time from trigger (queued) to run success, median of rounds:")
     print(f"  {'DAG':<14}{'MailboxExecutor':>17}{'LocalExecutor':>15}")
     for dag_id in ("bench_chain", "bench_fanout"):
         mailbox = statistics.median(results["MailboxExecutor"][dag_id])
         local = statistics.median(results["LocalExecutor"][dag_id])
         print(f"  {dag_id:<14}{mailbox:>15.2f} s{local:>13.2f} s")
-    print("\nCPU seconds per task during the fan-out, by component (with child processes):")
+    print('\nCPU seconds per task during the fan-out, by process ("tasks": the processes that')
+    print("ran the tasks; LocalExecutor's are the scheduler's workers, ours the worker's jobs):")
     print(f"  {'component':<14}{'MailboxExecutor':>17}{'LocalExecutor':>15}")
     for name in sorted(cpu):
         row = cpu[name]
@@ -156,6 +169,13 @@ def main() -> int:
             f"\nrelay round trip over {len(ms)} Execution API calls: "
             f"median {statistics.median(ms):.0f} ms, p95 {p95:.0f} ms"
         )
+        print(f"  answer polls per call: mean {statistics.mean(polls):.1f}")
+        if job_cpu:
+            print(
+                "  CPU per job, median: "
+                + ", ".join(f"{part} {statistics.median(v):.3f} s" for part, v in job_cpu.items())
+                + " (supervisor: the job process with its relay)"
+            )
         tasks = len(relay_requests)
         print(
             f"\nbucket requests per task over {tasks} tasks (the whole run, idle polls included):"

@@ -129,10 +129,13 @@ class Mailbox:
 
     # -- inbox notices: empty objects whose keys say what to look at -------------------------
 
-    def notify(self, inbox_key: str) -> None:
-        """Post an empty notice whose key says what to look at, and ring the inbox."""
+    def notify(self, inbox_key: str, *, ring: bool = True) -> None:
+        """Post an empty notice whose key says what to look at, and ring the inbox (unless
+        another ring is sure to follow soon: the scheduler side lists the whole inbox on any
+        ring, so one ring serves every notice posted before it)."""
         self.store.put(inbox_key, b"", content_type="application/octet-stream")
-        self.ring_inbox()
+        if ring:
+            self.ring_inbox()
 
     def ring_inbox(self) -> None:
         self._ring(self.layout.inbox_marker, "inbox")

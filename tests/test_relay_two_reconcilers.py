@@ -215,3 +215,24 @@ def test_a_dead_reconcilers_lease_is_taken_over(weed_store) -> None:
     assert not mailbox.take_request(job_id, request_id, "scheduler-b", lease=60)  # held
     assert mailbox.take_request(job_id, request_id, "scheduler-b", lease=0)  # expired: taken
     assert not mailbox.take_request(job_id, request_id, "scheduler-a", lease=60)  # b holds it
+
+
+def test_the_worker_polls_for_an_answer_where_it_expects_it(seaweed, prefix, api) -> None:
+    """Each poll is a billed GET and CPU on the worker: with the Execution API answering in
+    ~0.3 s, a call costs a few polls around that time, not one every 20 ms."""
+    scheduler, worker = SigningKey.generate(), SigningKey.generate()
+    config = store_config(seaweed, prefix)
+    settings = make_settings(config, scheduler, KeyRing([worker.public]), "", api.url)
+    r = reconciler(config, settings)
+    r.start()
+    try:
+        transport = claimed_job(Mailbox(ObjectStore(config)), scheduler, worker)
+        with httpx.Client(base_url=BASE_URL, transport=transport) as client:
+            for _ in range(6):
+                assert client.put(f"task-instances/{TI}/heartbeat", json={}).status_code == 200
+        assert min(transport.answer_waits) >= 0.3  # the API's own pause: a real wait
+        assert transport.expected_wait >= 0.2  # learned from the calls
+        assert transport.polls <= 6 * 6, transport.polls  # a fixed 20 ms poll: 15 per call
+        assert api.calls == {f"/execution/task-instances/{TI}/heartbeat": 6}
+    finally:
+        r.stop()

@@ -42,7 +42,8 @@ class RelayTransport(httpx.BaseTransport):
         scheduler_seal_key: str,
         scheduler_keys: KeyRing,
         deadline: float = 900.0,
-        poll_min: float = 0.02,
+        expected_wait: float = 0.1,
+        poll_min: float = 0.01,
         poll_max: float = 0.25,
     ) -> None:
         self.mailbox = mailbox
@@ -54,7 +55,10 @@ class RelayTransport(httpx.BaseTransport):
         self.deadline = deadline
         self.poll_min = poll_min
         self.poll_max = poll_max
+        self.expected_wait = _clamp(expected_wait)
         self.round_trips: list[float] = []
+        self.answer_waits: list[float] = []
+        self.polls = 0
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         started = time.monotonic()
@@ -80,8 +84,12 @@ class RelayTransport(httpx.BaseTransport):
         give_up = started + self.deadline
         self._retry_until(give_up, lambda: self.mailbox.put_request(sealed, self.worker_key))
         self._retry_until(give_up, self.mailbox.ring_inbox)
-        answer = self._await_answer(request_id, give_up)
-        self.round_trips.append(time.monotonic() - started)
+        sent = time.monotonic()
+        answer = self._await_answer(request_id, sent, give_up)
+        answered = time.monotonic()
+        self.round_trips.append(answered - started)
+        self.answer_waits.append(answered - sent)
+        self.expected_wait = _clamp(0.6 * self.expected_wait + 0.4 * (answered - sent))
         return httpx.Response(
             answer.status, headers=answer.headers, content=decode_body(answer.body), request=request
         )
@@ -99,12 +107,20 @@ class RelayTransport(httpx.BaseTransport):
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
-    def _await_answer(self, request_id: str, give_up: float):
-        """Poll for the answer: every ``poll_min`` for the first second (a relayed call usually
-        takes tens of milliseconds, and a GET costs little), then slower up to ``poll_max``."""
-        pause = self.poll_min
-        fast_until = time.monotonic() + 1.0
+    def _await_answer(self, request_id: str, sent: float, give_up: float):
+        """Poll for the answer where it is likely to be: first at 60% of the expected wait,
+        then every quarter of it until twice the expected wait has passed, then backing off
+        to ``poll_max``. Each poll is a billed GET and ~1 ms of CPU, so a fixed fast poll
+        would spend more than the task itself when the scheduler side answers slowly; the
+        expected wait comes from the worker's recent jobs and adapts within the job."""
+        expected = self.expected_wait
+        step = max(self.poll_min, expected / 4)
+        next_poll = sent + max(self.poll_min, expected * 0.6)
         while True:
+            pause = next_poll - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            self.polls += 1
             try:
                 response = self.mailbox.read_response(self.job_id, request_id, self.scheduler_keys)
                 return open_answer(
@@ -118,8 +134,14 @@ class RelayTransport(httpx.BaseTransport):
                 log.error("relay: refusing the answer to %s: %s", request_id, exc)
             except StoreError as exc:
                 log.warning("relay: bucket unavailable (%s); still waiting", exc)
-            if time.monotonic() > give_up:
+            now = time.monotonic()
+            if now > give_up:
                 raise httpx.ReadTimeout(f"no relay answer to {request_id} in {self.deadline:.0f} s")
-            time.sleep(pause)
-            if time.monotonic() > fast_until:
-                pause = min(pause * 1.5, self.poll_max)
+            if now - sent > 2 * expected:
+                step = min(step * 1.5, self.poll_max)
+            next_poll = now + step
+
+
+def _clamp(wait: float) -> float:
+    """Keep the expected wait within sane bounds whatever one slow or odd call measured."""
+    return min(max(wait, 0.02), 2.0)
