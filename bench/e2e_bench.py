@@ -134,7 +134,7 @@ def main() -> int:
             stats = json.loads(path.read_text())
             part = (
                 "executor"
-                if path.name == "executor.json"
+                if path.name.startswith("executor")
                 else "worker"
                 if path.name.startswith("worker-")
                 else "jobs"

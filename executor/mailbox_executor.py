@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,6 +60,9 @@ class MailboxExecutor(BaseExecutor):
         self.reconciler: Reconciler | None = None
         self._events: queue.Queue[Event] = queue.Queue()
         self._keys_by_job: dict[str, TaskInstanceKey] = {}
+        # Final states reported to Airflow, (job id, state), recent ones: with several
+        # schedulers, each job's appears in one scheduler's list only.
+        self.reported: deque[tuple[str, str]] = deque(maxlen=100_000)
         self._writer: ThreadPoolExecutor | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -90,7 +94,16 @@ class MailboxExecutor(BaseExecutor):
             log.info("MailboxExecutor: bucket requests made: %s", counts)
             stats_dir = os.environ.get("EDGE_MAILBOX_STATS_DIR")
             if stats_dir:  # for benchmarks: what the scheduler side cost in requests
-                Path(stats_dir, "executor.json").write_text(json.dumps({"requests": counts}))
+                Path(stats_dir, f"executor-{os.getpid()}.json").write_text(
+                    json.dumps(
+                        {
+                            "requests": counts,
+                            "relayed": sorted(self.reconciler.relayed) if self.reconciler else [],
+                            "reported": list(self.reported),
+                            "running_at_end": len(self.running),
+                        }
+                    )
+                )
 
     def terminate(self) -> None:
         self.end()
@@ -204,7 +217,7 @@ class MailboxExecutor(BaseExecutor):
             key = self._keys_by_job.get(job_id)
             if key is None and self.reconciler:
                 job = self.reconciler.jobs.get(job_id)
-                key = job.ti_key if job and not job.superseded else None
+                key = job.ti_key if job and job.owned and not job.superseded else None
             if key is None:
                 continue
             if kind == "running":
@@ -213,9 +226,11 @@ class MailboxExecutor(BaseExecutor):
             elif kind == "success":
                 self.success(key, info)
                 self._keys_by_job.pop(job_id, None)
+                self.reported.append((job_id, kind))
             else:
                 self.fail(key, info)
                 self._keys_by_job.pop(job_id, None)
+                self.reported.append((job_id, kind))
 
     # -- revoke and adopt -------------------------------------------------------------------
 

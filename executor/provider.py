@@ -99,6 +99,14 @@ CONFIG: dict[str, Any] = {
                 "3600",
                 type="float",
             ),
+            "inbox_item_timeout": _option(
+                "How long (s) an inbox item this scheduler cannot act on is kept before it is "
+                "deleted: a claim or result notice of a job another scheduler queued (left "
+                "for that scheduler, or for the one that adopts its tasks), or an item signed "
+                "by a worker key not trusted yet (a worker enrolled a moment ago).",
+                "3600",
+                type="float",
+            ),
             "worker_check_interval": _option(
                 "How often (s) worker heartbeats are checked (one LIST).", "15", type="float"
             ),

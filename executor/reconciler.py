@@ -19,6 +19,7 @@ import queue
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,6 +73,12 @@ class Job:
     succeeded: bool = False
     revoked: bool = False
     reported_running: bool = False
+    # Queued by this scheduler, or adopted from a dead one: only then are its claim and
+    # result reported to Airflow (and their notices consumed). A job another scheduler queued
+    # is known here only to serve its relay calls; its notices are left for its owner.
+    owned: bool = True
+    check_result: bool = False  # adopted: its result may be in the bucket already
+    seen_at: float = field(default_factory=time.time)
     # Rebuilt from the bucket after a scheduler restart: answers given before it are not in
     # memory, so a request is checked against the bucket before it is replayed.
     rebuilt: bool = False
@@ -122,6 +129,11 @@ class Reconciler:
             check_interval=settings.worker_check_interval,
         )
         self.parked: set[str] = set()  # signed by a key not trusted (yet): kept, not acted on
+        self.expired: set[str] = set()  # inbox items older than inbox_item_timeout, this LIST
+        self.left: set[str] = set()  # notices left for the scheduler that owns their job
+        # Request ids this reconciler replayed (recent ones): with several schedulers, each
+        # id must appear in one reconciler's list only.
+        self.relayed: deque[str] = deque(maxlen=100_000)
         self.last_watch = 0.0
         self.keys_loaded_at = time.monotonic()
         self.rejected: set[str] = set()
@@ -181,15 +193,18 @@ class Reconciler:
             job = self.jobs.setdefault(
                 job_id, Job(job_id=job_id, ti_id=ti_id, queue=queue_name, rebuilt=True)
             )
-        job.ti_key = ti_key
         if job.ti_id != ti_id:
             return False
+        job.ti_key = ti_key
+        job.owned = job.check_result = True
+        job.finished = False  # known before only for its relay: its result is ours to report
+        self.relist = True  # its notices, left for its owner, are ours now
         self.wake.set()
         return True
 
     def outstanding(self) -> int:
         with self.jobs_lock:
-            return sum(1 for j in self.jobs.values() if not j.finished)
+            return sum(1 for j in self.jobs.values() if j.owned and not j.finished)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -203,7 +218,8 @@ class Reconciler:
             try:
                 changed, etag = self.mailbox.inbox_changed(etag)
                 now = time.monotonic()
-                due = outstanding and now - last_list > self.settings.list_interval
+                waiting = outstanding or self.parked or self.left
+                due = waiting and now - last_list > self.settings.list_interval
                 if changed or due or self.relist:
                     self.relist = False
                     last_list = now
@@ -224,7 +240,10 @@ class Reconciler:
     def poll_once(self) -> int:
         """One LIST of the inbox (more pages only if over 1,000 items); act on each item."""
         items: list[tuple[str, str, str, str | None]] = []
+        self.expired = set()
+        self.left = set()
         after = None
+        now = time.time()
         while True:
             page = self.mailbox.list_inbox(start_after=after)
             for entry in page.entries:
@@ -233,14 +252,20 @@ class Reconciler:
                 except ValueError:
                     self._reject(entry.key, "unknown key in the inbox")
                     continue
+                if now - entry.last_modified.timestamp() > self.settings.inbox_item_timeout:
+                    self.expired.add(entry.key)
                 items.append((entry.key, job_id, kind, request_id))
             if not page.truncated:
                 break
             after = page.last_key
+        self._check_adopted_results()
         order = {"claim": 0, "request": 1, "result": 2}
         handled = 0
         for key, job_id, kind, request_id in sorted(items, key=lambda i: order[i[2]]):
             if key in self.parked:
+                if key in self.expired:  # a bucket writer must not fill the inbox this way
+                    self.parked.discard(key)
+                    self._reject(key, "its signing key was never trusted")
                 continue
             with self.in_flight_lock:
                 if key in self.in_flight:
@@ -259,6 +284,30 @@ class Reconciler:
                 self.pool.submit(self._on_request_safely, key, job_id, request_id)
             handled += 1
         return handled
+
+    def _check_adopted_results(self) -> None:
+        """An adopted job may have finished while no scheduler was watching, its notice
+        consumed by the dead one: one GET of its result tells."""
+        with self.jobs_lock:
+            adopted = [j for j in self.jobs.values() if j.check_result]
+        for job in adopted:
+            job.check_result = False
+            try:
+                self.mailbox.store.head(self.mailbox.layout.result(job.job_id))
+            except NotFound:
+                continue
+            self._on_result(None, job.job_id)
+
+    def _leave_for_owner(self, key: str | None, job: Job, what: str) -> bool:
+        """True if ``job`` is another scheduler's: its notice stays in the inbox for that
+        scheduler (or for whichever adopts its tasks), until it has waited too long."""
+        if job.owned:
+            return False
+        if key and key in self.expired:
+            self._reject(key, f"{what} of a job no scheduler here owns, left unread too long")
+        elif key:
+            self.left.add(key)
+        return True
 
     def discover_claims(self, jobs: list[Job]) -> None:
         """Find claims whose inbox notice never came (the worker died right after claiming).
@@ -302,10 +351,14 @@ class Reconciler:
         the bucket nor this process grows with the number of tasks ever run. Logs stay."""
         now = time.time()
         with self.jobs_lock:
+            for job in [j for j in self.jobs.values() if not j.owned]:
+                if now - job.seen_at > self.settings.inbox_item_timeout:
+                    del self.jobs[job.job_id]  # another scheduler's; its owner cleans it up
             due = [
                 j
                 for j in self.jobs.values()
-                if j.finished_at
+                if j.owned
+                and j.finished_at
                 and now - j.finished_at
                 > (
                     self.settings.cleanup_success_after
@@ -364,7 +417,7 @@ class Reconciler:
         metrics.gauge("live_workers", sum(self.watch.alive(w) for w in self.watch.last_seen))
         self.clean_up()
         with self.jobs_lock:
-            jobs = [j for j in self.jobs.values() if not j.finished]
+            jobs = [j for j in self.jobs.values() if j.owned and not j.finished]
         try:
             self.discover_claims(jobs)
         except StoreError as exc:
@@ -414,6 +467,7 @@ class Reconciler:
         with self.jobs_lock:
             job = self.jobs.get(job_id)
         if job and job.claim:
+            job.seen_at = time.time()
             return job
         try:
             claim = self.mailbox.read_claim(job_id, self.settings.worker_keys)
@@ -436,6 +490,7 @@ class Reconciler:
                 pool_slots=manifest.model.pool_slots,
                 enqueued_at=manifest.model.enqueued_at,
                 rebuilt=True,
+                owned=False,  # until this scheduler adopts its task instance
             )
             job.ti_key = _ti_key(manifest.model)
             job.manifest_key = self.mailbox.layout.manifest(
@@ -458,6 +513,8 @@ class Reconciler:
         except (VerificationError, ProtocolError) as exc:
             self._refuse(key, "claim refused", exc)
             return
+        if self._leave_for_owner(key, job, "claim notice"):
+            return
         self._report_claimed(job)
         if key:
             self.mailbox.store.delete(key)
@@ -466,7 +523,7 @@ class Reconciler:
         """Once per job: tell Airflow it runs, and take its manifest out of the queue."""
         assert job.claim
         with job.lock:
-            if job.reported_running or job.revoked:
+            if job.reported_running or job.revoked or not job.owned:
                 return
             job.reported_running = True
         log.info("edge-mailbox: job %s claimed by %s", job.job_id, job.claim.model.worker)
@@ -477,7 +534,7 @@ class Reconciler:
 
     # -- results -----------------------------------------------------------------------------
 
-    def _on_result(self, key: str, job_id: str) -> None:
+    def _on_result(self, key: str | None, job_id: str) -> None:
         try:
             job = self._job_from_claim(job_id)
             result = self.mailbox.read_result(job_id, self.settings.worker_keys)
@@ -493,6 +550,10 @@ class Reconciler:
                 key, f"result signed by {result.kid}, not by the claim holder {job.claim.kid}"
             )
             return
+        if not job.owned:  # refuse its later relay calls, but report nothing
+            job.finished = True
+            self._leave_for_owner(key, job, "result notice")
+            return
         if not job.finished:
             job.finished = True
             job.finished_at = time.time()
@@ -502,7 +563,8 @@ class Reconciler:
                 "edge-mailbox: job %s finished: %s (exit %s)", job_id, state, result.model.exit_code
             )
             self.events.put((state, job_id, result.model.message or None))
-        self.mailbox.store.delete(key)
+        if key:
+            self.mailbox.store.delete(key)
 
     # -- relay -------------------------------------------------------------------------------
 
@@ -594,6 +656,7 @@ class Reconciler:
             except AlreadyExists:
                 log.info("edge-mailbox: %s was already answered", key)
             job.answered.add(request_id)
+            self.relayed.append(request_id)
             self.mailbox.store.delete(key)
         metrics.timing("relay_latency", time.time() - request.model.sent_at)
         log.debug(

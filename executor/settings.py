@@ -39,6 +39,7 @@ class ExecutorSettings:
     relay_threads: int
     execution_api_url: str
     execution_api_timeout: float
+    inbox_item_timeout: float = 3600.0
 
 
 def _get(conf: Any, key: str, fallback: str = "") -> str:
@@ -128,4 +129,5 @@ def load_settings(conf: Any, execution_api_url: str) -> ExecutorSettings:
         relay_threads=int(_float(conf, "relay_threads", "8", 1, 256)),
         execution_api_url=execution_api_url.rstrip("/") + "/",
         execution_api_timeout=_float(conf, "execution_api_timeout", "30", 1, 600),
+        inbox_item_timeout=_float(conf, "inbox_item_timeout", "3600", 60, 30 * 86400),
     )
