@@ -185,6 +185,11 @@ class Stack:
         their triggers; the task resumes on an edge worker). No log server: nothing reads it."""
         self.spawn("triggerer", [BIN / "airflow", "triggerer", "--skip-serve-logs"], self.env())
 
+    def add_scheduler(self, name: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        """Another scheduler on the same database (Airflow HA: needs PostgreSQL or MySQL)."""
+        args = [BIN / "airflow", "scheduler", "--skip-serve-logs"]
+        return self.spawn(name, args, self.env(**extra_env))
+
     def worker_home(self, name: str) -> Path:
         return self.root / f"worker-{name}"
 
