@@ -89,7 +89,7 @@ def main() -> int:
         f"${price_usd(per_hour) * 24 * 30:.3f} per worker-month at S3 Standard list prices"
     )
     mib, percent = max(rss) / 2**20, 100 * cpu / cpu_seconds
-    print(f"  memory (RSS): {mib:.0f} MiB max, CPU: {percent:.2f} % of one core")
+    print(f"  memory (RSS): {mib:.1f} MiB max, CPU: {percent:.2f} % of one core")
     return 0
 
 

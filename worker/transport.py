@@ -108,14 +108,14 @@ class RelayTransport(httpx.BaseTransport):
                 pause = min(pause * 2, 5.0)
 
     def _await_answer(self, request_id: str, sent: float, give_up: float):
-        """Poll for the answer where it is likely to be: first at 60% of the expected wait,
-        then every quarter of it until twice the expected wait has passed, then backing off
+        """Poll for the answer where it is likely to be: first at 3/4 of the expected wait,
+        then every 30% of it until twice the expected wait has passed, then backing off
         to ``poll_max``. Each poll is a billed GET and ~1 ms of CPU, so a fixed fast poll
         would spend more than the task itself when the scheduler side answers slowly; the
         expected wait comes from the worker's recent jobs and adapts within the job."""
         expected = self.expected_wait
-        step = max(self.poll_min, expected / 4)
-        next_poll = sent + max(self.poll_min, expected * 0.6)
+        step = max(self.poll_min, expected * 0.3)
+        next_poll = sent + max(self.poll_min, expected * 0.75)
         while True:
             pause = next_poll - time.monotonic()
             if pause > 0:

@@ -94,11 +94,15 @@ class Worker:
 
     def __post_init__(self) -> None:
         self.mailbox = Mailbox(ObjectStore(self.settings.store))
-        # Log chunks go through a client that gives up quickly: a tick during an outage must
-        # not hold the loop; the shipper keeps the bytes and backs off by itself.
+        # Log chunks go through a store that gives up quickly: a tick during an outage must
+        # not hold the loop; the shipper keeps the bytes and backs off by itself. (Same boto
+        # client: retries are the store's, and each client costs memory and connections.)
         quick = RetryPolicy(attempts=2, initial_backoff=0.1, max_backoff=0.5, deadline=5)
         self.log_mailbox = Mailbox(
-            ObjectStore(self.settings.store.model_copy(update={"retry": quick}))
+            ObjectStore(
+                self.settings.store.model_copy(update={"retry": quick}),
+                client=self.mailbox.store.client,
+            )
         )
         self.last_cleanup = 0.0
         self.rescan = set(self.settings.queues)  # list every queue once at start
@@ -469,15 +473,27 @@ class Worker:
                 job.stats_path.unlink(missing_ok=True)
 
     def _report_pending(self) -> None:
-        for report in list(self.pending):
-            try:
-                self._report(report)
-            except StoreError as exc:
-                log.warning(
-                    "result of %s waits: bucket unavailable (%s)", report.job.manifest.job_id, exc
-                )
-                return
-            self.pending.remove(report)
+        """Deliver finished jobs' results, then ring the inbox once for all of them."""
+        delivered = False
+        try:
+            for report in list(self.pending):
+                try:
+                    self._report(report)
+                except StoreError as exc:
+                    log.warning(
+                        "result of %s waits: bucket unavailable (%s)",
+                        report.job.manifest.job_id,
+                        exc,
+                    )
+                    return
+                self.pending.remove(report)
+                delivered = True
+        finally:
+            if delivered:
+                try:
+                    self.mailbox.ring_inbox()
+                except StoreError as exc:  # the scheduler side also LISTs now and then
+                    log.warning("inbox ring failed (%s); results are found on a later LIST", exc)
 
     def _report(self, report: PendingReport) -> None:
         manifest = report.job.manifest
@@ -497,7 +513,7 @@ class Worker:
             log_chunks=chunks,
         )
         self.mailbox.put_result(result, self.settings.key)
-        self.mailbox.notify(self.mailbox.layout.inbox_result(manifest.job_id))
+        self.mailbox.notify(self.mailbox.layout.inbox_result(manifest.job_id), ring=False)
 
     def _cleanup_logs_if_due(self) -> None:
         """Rotate the local copies of task logs, once an hour, sparing unreported jobs."""
