@@ -1,12 +1,12 @@
-"""One job, in a process of its own.
+"""One job: its Task SDK supervisor, with an API client that relays through the bucket.
 
 The Task SDK's ``supervise_task`` installs signal handlers and forks, so it must own the
-main thread of its process. The worker is single-threaded and has the Task SDK imported
-(``preload``), so it forks one child per job (``fork_job``): the child starts in
-milliseconds instead of re-importing Airflow, which is what makes a fan-out CPU-bound on a
-small machine. The job's spec (manifest, keys) is handed over in memory: nothing secret goes
-on a command line or to disk. ``python -m edge_mailbox.worker.job_process`` (spec on stdin)
-does the same in a fresh interpreter, where fork is not wanted.
+main thread of its process: ``run`` runs in one of the worker's runners (runners.py),
+forked after ``preload`` imported the Task SDK and the task runner's DAG parser once, so
+that a job starts in milliseconds instead of re-importing Airflow (which is what makes a
+fan-out CPU-bound on a small machine). The job's spec (manifest, keys) goes over a pipe:
+nothing secret goes on a command line or to disk. ``python -m
+edge_mailbox.worker.job_process`` (spec on stdin) runs one in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -16,13 +16,9 @@ import gc
 import importlib
 import json
 import linecache
-import logging
-import os
 import resource
-import signal
 import ssl
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +59,8 @@ def make_spec(
 
 
 def run(spec: dict) -> int:
+    """Run one job in this process (a runner, or a fresh interpreter) to its exit code."""
+    cpu_before = _cpu_seconds()
     from airflow.executors.workloads import BundleInfo
     from airflow.executors.workloads.task import TaskInstanceDTO
     from airflow.sdk.execution_time.supervisor import supervise_task
@@ -116,23 +114,25 @@ def run(spec: dict) -> int:
                         "answer_waits": transport.answer_waits,
                         "polls": transport.polls,
                         "requests": mailbox.store.counter.snapshot(),
-                        "cpu": _cpu_seconds(),
+                        "cpu": _cpu_seconds(since=cpu_before),
                     }
                 )
             )
 
 
-def _cpu_seconds() -> dict[str, dict[str, float]]:
-    """User and system CPU of this job process (supervisor and relay) and of its reaped task
-    process, for the benchmark's breakdown."""
-    own, task = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return {
+def _cpu_seconds(since: dict | None = None) -> dict[str, dict[str, float]]:
+    """User and system CPU of this process (supervisor and relay) and of its reaped task
+    processes, less what ``since`` counted (a runner runs many jobs): the bench's split."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    task = resource.getrusage(resource.RUSAGE_CHILDREN)
+    now = {
         "supervisor": {"user": own.ru_utime, "system": own.ru_stime},
         "task": {"user": task.ru_utime, "system": task.ru_stime},
     }
+    for part, times in (since or {}).items():
+        for kind, value in times.items():
+            now[part][kind] -= value
+    return now
 
 
 # What a task process would otherwise import for itself, at ~0.3 s of CPU per task: the Task
@@ -157,9 +157,10 @@ PRELOAD_IF_INSTALLED = (
 )
 
 
-# Boto clients built in the worker for its forked jobs, by store config: building one costs
+# Boto clients built in the worker for its runners, by store config: building one costs
 # ~10 ms of CPU, and a client that has never sent a request holds no connection, so each
-# forked job's copy opens connections of its own. The worker itself never uses them.
+# runner's copy opens connections of its own (and keeps them for its next jobs). The
+# worker itself never uses them.
 _unused_clients: dict[str, Any] = {}
 
 
@@ -190,58 +191,6 @@ def relay_client(transport: RelayTransport) -> Any:
             return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
     return RelayClient(base_url=BASE_URL, token=RELAY_TOKEN, transport=transport)
-
-
-class ForkedJob:
-    """A job's process, forked from the worker; poll() returns its exit code once ended."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid == self.pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the job's whole process group (supervisor and task)."""
-        if self.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, sig)
-
-
-def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the worker dies, so a killed worker leaves no orphan jobs
-    relaying on (the supervisor then stops its task as on any SIGTERM)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def fork_job(spec: dict[str, Any]) -> ForkedJob:
-    """Fork a child that runs ``spec`` and exits with the supervisor's exit code.
-
-    The caller must be single-threaded: a fork copies only the calling thread."""
-    pid = os.fork()
-    if pid:
-        return ForkedJob(pid)
-    code = 1
-    try:
-        os.setsid()  # its own process group: the worker can stop the whole job tree
-        _die_with_parent()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        code = run(spec)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        logging.shutdown()
-        os._exit(code if isinstance(code, int) else 1)
 
 
 def main() -> None:

@@ -38,8 +38,9 @@ from edge_mailbox.mailbox.store import ObjectStore
 from edge_mailbox.signer import SealKey, VerificationError
 from edge_mailbox.worker.control import RunDir
 from edge_mailbox.worker.heartbeat import build_heartbeat
-from edge_mailbox.worker.job_process import ForkedJob, fork_job, make_spec, preload
+from edge_mailbox.worker.job_process import make_spec, preload, run
 from edge_mailbox.worker.logship import LogShipper, cleanup_local_logs
+from edge_mailbox.worker.runners import JobHandle, RunnerPool
 from edge_mailbox.worker.settings import WorkerSettings
 
 log = logging.getLogger("edge_mailbox.worker")
@@ -53,7 +54,7 @@ def major(version: str) -> str:
 @dataclass
 class RunningJob:
     manifest: JobManifest
-    process: ForkedJob
+    process: JobHandle
     started_at: float
     stats_path: Path
     shipper: LogShipper | None = None
@@ -115,6 +116,7 @@ class Worker:
         )
         self.relay_waits: deque[float] = deque(maxlen=64)
         self.started = time.monotonic()
+        self.runners = RunnerPool(run)
 
     @property
     def free_slots(self) -> int:
@@ -155,6 +157,7 @@ class Worker:
                 self._loop_once()
         finally:
             self._heartbeat(WorkerState.OFFLINE)
+            self.runners.close()
             self._write_stats()
             if not self.keep_stats:
                 shutil.rmtree(self.stats_dir, ignore_errors=True)
@@ -179,6 +182,7 @@ class Worker:
                 log.warning("bucket unavailable (%s); backing off", exc)
                 self.interval = min(max(self.interval, 1.0) * 2, 30.0)
         self._report_pending()
+        self.runners.retire_idle()
         self._heartbeat_if_due()
         if activity:
             self.interval = self.settings.poll_min
@@ -440,7 +444,7 @@ class Worker:
         if manifest.log_path and manifest.ti:  # before the fork: skips what the file held
             log_file = self.base_log_folder / manifest.log_path
             shipper = LogShipper(self.log_mailbox, manifest, log_file, skip_existing=True)
-        process = fork_job(spec)
+        process = self.runners.start(spec)
         self.running[manifest.job_id] = RunningJob(
             manifest, process, time.time(), stats_path, shipper=shipper
         )
