@@ -56,6 +56,8 @@ class CountingApi:
                 self.end_headers()
                 self.wfile.write(body)
 
+            do_PATCH = do_PUT  # /run
+
         class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
             daemon_threads = True
 
@@ -230,9 +232,33 @@ def test_the_worker_polls_for_an_answer_where_it_expects_it(seaweed, prefix, api
         with httpx.Client(base_url=BASE_URL, transport=transport) as client:
             for _ in range(6):
                 assert client.put(f"task-instances/{TI}/heartbeat", json={}).status_code == 200
-        assert min(transport.answer_waits) >= 0.3  # the API's own pause: a real wait
+        assert min(transport.round_trips) >= 0.3  # the API's own pause: a real wait
         assert transport.expected_wait >= 0.2  # learned from the calls
         assert transport.polls <= 6 * 6, transport.polls  # a fixed 20 ms poll: 15 per call
         assert api.calls == {f"/execution/task-instances/{TI}/heartbeat": 6}
+    finally:
+        r.stop()
+
+
+def test_the_heartbeat_right_after_run_is_not_relayed(seaweed, prefix, api) -> None:
+    """The Task SDK heartbeats at once after /run; the relay answers that one itself (204),
+    and every later heartbeat goes to the server, which can answer "stop"."""
+    scheduler, worker = SigningKey.generate(), SigningKey.generate()
+    config = store_config(seaweed, prefix)
+    settings = make_settings(config, scheduler, KeyRing([worker.public]), "", api.url)
+    r = reconciler(config, settings)
+    r.start()
+    try:
+        transport = claimed_job(Mailbox(ObjectStore(config)), scheduler, worker)
+        transport.heartbeat_interval = 60
+        with httpx.Client(base_url=BASE_URL, transport=transport) as client:
+            assert client.patch(f"task-instances/{TI}/run", json={}).status_code == 200
+            assert client.put(f"task-instances/{TI}/heartbeat", json={}).status_code == 204
+            assert client.put(f"task-instances/{TI}/heartbeat", json={}).status_code == 200
+        assert api.calls == {
+            f"/execution/task-instances/{TI}/run": 1,
+            f"/execution/task-instances/{TI}/heartbeat": 1,
+        }
+        assert transport.heartbeats_skipped == 1
     finally:
         r.stop()

@@ -63,7 +63,7 @@ def run(spec: dict) -> int:
     cpu_before = _cpu_seconds()
     from airflow.executors.workloads import BundleInfo
     from airflow.executors.workloads.task import TaskInstanceDTO
-    from airflow.sdk.execution_time.supervisor import supervise_task
+    from airflow.sdk.execution_time.supervisor import MIN_HEARTBEAT_INTERVAL, supervise_task
 
     config = StoreConfig.model_validate(spec["store"])
     mailbox = Mailbox(ObjectStore(config, client=_unused_clients.get(config.model_dump_json())))
@@ -80,6 +80,7 @@ def run(spec: dict) -> int:
         scheduler_keys=scheduler_keys,
         deadline=float(spec["relay_deadline"]),
         expected_wait=float(spec.get("relay_wait", 0.1)),
+        heartbeat_interval=MIN_HEARTBEAT_INTERVAL,
     )
     client = relay_client(transport)
     try:
@@ -113,6 +114,7 @@ def run(spec: dict) -> int:
                         "round_trips": transport.round_trips,
                         "answer_waits": transport.answer_waits,
                         "polls": transport.polls,
+                        "heartbeats_skipped": transport.heartbeats_skipped,
                         "requests": mailbox.store.counter.snapshot(),
                         "cpu": _cpu_seconds(since=cpu_before),
                     }

@@ -15,7 +15,7 @@ import httpx
 
 from edge_mailbox.mailbox.errors import NotFound, ProtocolError, StoreError
 from edge_mailbox.mailbox.layout import new_id
-from edge_mailbox.mailbox.models import RelayCall
+from edge_mailbox.mailbox.models import RelayAnswer, RelayCall
 from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.mailbox.relaycodec import (
     REQUEST_HEADERS,
@@ -43,6 +43,7 @@ class RelayTransport(httpx.BaseTransport):
         scheduler_keys: KeyRing,
         deadline: float = 900.0,
         expected_wait: float = 0.1,
+        heartbeat_interval: float = 0.0,
         poll_min: float = 0.01,
         poll_max: float = 0.25,
     ) -> None:
@@ -56,6 +57,9 @@ class RelayTransport(httpx.BaseTransport):
         self.poll_min = poll_min
         self.poll_max = poll_max
         self.expected_wait = _clamp(expected_wait)
+        self.heartbeat_interval = heartbeat_interval
+        self.quiet_until = 0.0  # no heartbeat needs relaying before this: /run just succeeded
+        self.heartbeats_skipped = 0
         self.round_trips: list[float] = []
         self.answer_waits: list[float] = []
         self.polls = 0
@@ -66,6 +70,16 @@ class RelayTransport(httpx.BaseTransport):
         path = request.url.path
         if not path.startswith(base):
             raise httpx.UnsupportedProtocol(f"edge-mailbox relays only {base}..., not {path}")
+        is_heartbeat = request.method == "PUT" and path.endswith("/heartbeat")
+        if is_heartbeat and started < self.quiet_until:
+            # The Task SDK's supervisor heartbeats right after /run (its clock for
+            # [workers] min_heartbeat_interval starts at zero): /run has just told the
+            # server the task is alive, so this one says nothing new and would cost every
+            # task a relay round trip. Only that first one: the regular heartbeats, which
+            # carry "stop" (409) back from the server, all go through.
+            self.quiet_until = 0.0
+            self.heartbeats_skipped += 1
+            return httpx.Response(204, request=request)
         request_id = new_id()
         call = RelayCall(
             method=request.method,
@@ -85,11 +99,22 @@ class RelayTransport(httpx.BaseTransport):
         self._retry_until(give_up, lambda: self.mailbox.put_request(sealed, self.worker_key))
         self._retry_until(give_up, self.mailbox.ring_inbox)
         sent = time.monotonic()
-        answer = self._await_answer(request_id, sent, give_up)
+        answer, missed_until = self._await_answer(request_id, sent, give_up)
         answered = time.monotonic()
         self.round_trips.append(answered - started)
-        self.answer_waits.append(answered - sent)
-        self.expected_wait = _clamp(0.6 * self.expected_wait + 0.4 * (answered - sent))
+        if request.method == "PATCH" and path.endswith("/run") and 200 <= answer.status < 300:
+            self.quiet_until = started + self.heartbeat_interval / 2
+        # When did the answer appear? After the last poll that missed it, before the one
+        # that found it. If the first poll found it, we looked too late: guess earlier. (The
+        # time we found it would feed back: a late schedule would keep itself late.)
+        found = answered - sent
+        wait = found * 0.6 if missed_until is None else (missed_until - sent + found) / 2
+        self.answer_waits.append(wait)
+        # Learn from each call, but let one very slow call (a cold api-server) raise the
+        # expectation by half at most.
+        self.expected_wait = _clamp(
+            0.5 * self.expected_wait + 0.5 * min(wait, 2 * self.expected_wait)
+        )
         return httpx.Response(
             answer.status, headers=answer.headers, content=decode_body(answer.body), request=request
         )
@@ -107,13 +132,17 @@ class RelayTransport(httpx.BaseTransport):
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
-    def _await_answer(self, request_id: str, sent: float, give_up: float):
+    def _await_answer(
+        self, request_id: str, sent: float, give_up: float
+    ) -> tuple[RelayAnswer, float | None]:
         """Poll for the answer where it is likely to be: first at 3/4 of the expected wait,
-        then every 30% of it until twice the expected wait has passed, then backing off
+        then every 30% of it until 1.5 times the expected wait has passed, then backing off
         to ``poll_max``. Each poll is a billed GET and ~1 ms of CPU, so a fixed fast poll
         would spend more than the task itself when the scheduler side answers slowly; the
-        expected wait comes from the worker's recent jobs and adapts within the job."""
+        expected wait comes from the worker's recent jobs and adapts within the job.
+        Returns the answer and when the last poll that missed it was made."""
         expected = self.expected_wait
+        missed_until: float | None = None
         step = max(self.poll_min, expected * 0.3)
         next_poll = sent + max(self.poll_min, expected * 0.75)
         while True:
@@ -122,14 +151,16 @@ class RelayTransport(httpx.BaseTransport):
                 time.sleep(pause)
             self.polls += 1
             try:
+                polled = time.monotonic()
                 response = self.mailbox.read_response(self.job_id, request_id, self.scheduler_keys)
-                return open_answer(
+                answer = open_answer(
                     response.model,
                     self.seal_key,
                     self.mailbox.seal_context(self.job_id, request_id, "response"),
                 )
+                return answer, missed_until
             except NotFound:
-                pass
+                missed_until = polled
             except (VerificationError, SealError, ProtocolError) as exc:
                 log.error("relay: refusing the answer to %s: %s", request_id, exc)
             except StoreError as exc:
@@ -137,7 +168,7 @@ class RelayTransport(httpx.BaseTransport):
             now = time.monotonic()
             if now > give_up:
                 raise httpx.ReadTimeout(f"no relay answer to {request_id} in {self.deadline:.0f} s")
-            if now - sent > 2 * expected:
+            if now - sent > 1.5 * expected:
                 step = min(step * 1.5, self.poll_max)
             next_poll = now + step
 

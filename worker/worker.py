@@ -114,7 +114,7 @@ class Worker:
         self.stats_dir = (
             Path(stats) if stats else Path(tempfile.mkdtemp(prefix="edge-mailbox-worker-"))
         )
-        self.relay_waits: deque[float] = deque(maxlen=64)
+        self.relay_waits: deque[float] = deque(maxlen=16)  # the last few jobs': load changes
         self.started = time.monotonic()
         self.runners = RunnerPool(run)
 
@@ -438,7 +438,7 @@ class Worker:
             self.settings.scheduler_keys,
             self.settings.relay_deadline,
             stats_path,
-            relay_wait=statistics.median(self.relay_waits) if self.relay_waits else 0.1,
+            relay_wait=self._typical_relay_wait(),
         )
         shipper = None
         if manifest.log_path and manifest.ti:  # before the fork: skips what the file held
@@ -463,6 +463,11 @@ class Worker:
             self.pending.append(PendingReport(job, code, time.time()))
             finished = True
         return finished
+
+    def _typical_relay_wait(self) -> float:
+        """The median of recent relay answer waits (as the jobs estimated them): a new job
+        polls for its first answer a little before that."""
+        return statistics.median(self.relay_waits) if self.relay_waits else 0.1
 
     def _absorb_stats(self, job: RunningJob) -> None:
         """Learn how long relay answers take from a finished job (the next jobs poll for
