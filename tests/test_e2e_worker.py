@@ -173,3 +173,36 @@ def test_task_marked_failed_in_the_ui_is_killed_on_the_worker(stack: Stack) -> N
     stack.wait_for(lambda: "exited with" in log_path.read_text(), 60, "the task to be killed")
     assert time.monotonic() - marked < 20  # the 20 s nap did not run to its end
     assert stack.run_state("long_nap", run_id) == "failed"
+
+
+def test_stop_kills_what_outlives_the_drain_timeout(stack: Stack) -> None:
+    """SIGTERM: the worker stops claiming and waits for its task, but only for its drain
+    timeout; then the task is killed, reported failed with the reason, and the worker exits
+    leaving no process behind."""
+    worker = stack.add_worker(
+        "drain-1", queues="drain", concurrency=1, options={**FAST, "worker_drain_timeout": 5}
+    )
+    stack.wait_for_dag("drain_nap")
+    run_id = stack.trigger("drain_nap")
+    stack.wait_for(
+        lambda: (stack.task_instances("drain_nap", run_id) or [{}])[0].get("state") == "running",
+        120,
+        "the task to run",
+    )
+    tree = psutil.Process(worker.pid).children(recursive=True)
+    assert tree, "the job's processes"
+    stopped = time.monotonic()
+    os.kill(worker.pid, signal.SIGTERM)
+    assert worker.wait(60) == 0
+    # the drain timeout (5 s) and the kill's grace, not the task's 300 s nap
+    assert time.monotonic() - stopped < 40
+    deadline = time.monotonic() + 20
+    while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree):
+        assert time.monotonic() < deadline, "a job process outlived the worker"
+        time.sleep(0.2)
+    assert stack.wait_for_run("drain_nap", run_id, timeout=120) == "failed"
+    client = stack.bucket_client()
+    (job_id,) = [c["job_id"] for c in stack.claims() if c["worker"] == "drain-1"]
+    result = stack.signed_body(client, f"{stack.prefix}/v1/jobs/{job_id}/result.jws")
+    assert result["state"] == "failed"
+    assert "drain timeout" in result["message"], result

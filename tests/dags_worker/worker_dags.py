@@ -38,3 +38,6 @@ with DAG(dag_id="long_nap", schedule=None, start_date=START, catchup=False):
 
 with DAG(dag_id="outage_nap", schedule=None, start_date=START, catchup=False):
     nap.override(task_id="nap", queue="outage")(60)
+
+with DAG(dag_id="drain_nap", schedule=None, start_date=START, catchup=False):
+    nap.override(task_id="nap", queue="drain", retries=0)(300)
