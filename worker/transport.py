@@ -135,16 +135,16 @@ class RelayTransport(httpx.BaseTransport):
     def _await_answer(
         self, request_id: str, sent: float, give_up: float
     ) -> tuple[RelayAnswer, float | None]:
-        """Poll for the answer where it is likely to be: first at 3/4 of the expected wait,
-        then every 30% of it until 1.5 times the expected wait has passed, then backing off
+        """Poll for the answer where it is likely to be: first at 85% of the expected wait,
+        then every 35% of it until 1.25 times the expected wait has passed, then backing off
         to ``poll_max``. Each poll is a billed GET and ~1 ms of CPU, so a fixed fast poll
         would spend more than the task itself when the scheduler side answers slowly; the
         expected wait comes from the worker's recent jobs and adapts within the job.
         Returns the answer and when the last poll that missed it was made."""
         expected = self.expected_wait
         missed_until: float | None = None
-        step = max(self.poll_min, expected * 0.3)
-        next_poll = sent + max(self.poll_min, expected * 0.75)
+        step = max(self.poll_min, expected * 0.35)
+        next_poll = sent + max(self.poll_min, expected * 0.85)
         while True:
             pause = next_poll - time.monotonic()
             if pause > 0:
@@ -168,8 +168,8 @@ class RelayTransport(httpx.BaseTransport):
             now = time.monotonic()
             if now > give_up:
                 raise httpx.ReadTimeout(f"no relay answer to {request_id} in {self.deadline:.0f} s")
-            if now - sent > 1.5 * expected:
-                step = min(step * 1.5, self.poll_max)
+            if now - sent > 1.25 * expected:
+                step = min(step * 1.6, self.poll_max)
             next_poll = now + step
 
 
