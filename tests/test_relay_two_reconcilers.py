@@ -6,6 +6,7 @@ the worker side is the real RelayTransport inside an httpx client, as the Task S
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import queue
@@ -219,16 +220,24 @@ def test_a_dead_reconcilers_lease_is_taken_over(weed_store) -> None:
     assert not mailbox.take_request(job_id, request_id, "scheduler-a", lease=60)  # b holds it
 
 
-def test_the_worker_polls_for_an_answer_where_it_expects_it(seaweed, prefix, api) -> None:
-    """Each poll is a billed GET and CPU on the worker: with the Execution API answering in
-    ~0.3 s, a call costs a few polls around that time, not one every 20 ms."""
+@contextlib.contextmanager
+def served_job(seaweed, prefix, api) -> Iterator[RelayTransport]:
+    """A claimed job's relay transport, served by one running reconciler."""
     scheduler, worker = SigningKey.generate(), SigningKey.generate()
     config = store_config(seaweed, prefix)
     settings = make_settings(config, scheduler, KeyRing([worker.public]), "", api.url)
     r = reconciler(config, settings)
     r.start()
     try:
-        transport = claimed_job(Mailbox(ObjectStore(config)), scheduler, worker)
+        yield claimed_job(Mailbox(ObjectStore(config)), scheduler, worker)
+    finally:
+        r.stop()
+
+
+def test_the_worker_polls_for_an_answer_where_it_expects_it(seaweed, prefix, api) -> None:
+    """Each poll is a billed GET and CPU on the worker: with the Execution API answering in
+    ~0.3 s, a call costs a few polls around that time, not one every 20 ms."""
+    with served_job(seaweed, prefix, api) as transport:
         with httpx.Client(base_url=BASE_URL, transport=transport) as client:
             for _ in range(6):
                 assert client.put(f"task-instances/{TI}/heartbeat", json={}).status_code == 200
@@ -236,20 +245,12 @@ def test_the_worker_polls_for_an_answer_where_it_expects_it(seaweed, prefix, api
         assert transport.expected_wait >= 0.2  # learned from the calls
         assert transport.polls <= 6 * 6, transport.polls  # a fixed 20 ms poll: 15 per call
         assert api.calls == {f"/execution/task-instances/{TI}/heartbeat": 6}
-    finally:
-        r.stop()
 
 
 def test_the_heartbeat_right_after_run_is_not_relayed(seaweed, prefix, api) -> None:
     """The Task SDK heartbeats at once after /run; the relay answers that one itself (204),
     and every later heartbeat goes to the server, which can answer "stop"."""
-    scheduler, worker = SigningKey.generate(), SigningKey.generate()
-    config = store_config(seaweed, prefix)
-    settings = make_settings(config, scheduler, KeyRing([worker.public]), "", api.url)
-    r = reconciler(config, settings)
-    r.start()
-    try:
-        transport = claimed_job(Mailbox(ObjectStore(config)), scheduler, worker)
+    with served_job(seaweed, prefix, api) as transport:
         transport.heartbeat_interval = 60
         with httpx.Client(base_url=BASE_URL, transport=transport) as client:
             assert client.patch(f"task-instances/{TI}/run", json={}).status_code == 200
@@ -260,5 +261,3 @@ def test_the_heartbeat_right_after_run_is_not_relayed(seaweed, prefix, api) -> N
             f"/execution/task-instances/{TI}/heartbeat": 1,
         }
         assert transport.heartbeats_skipped == 1
-    finally:
-        r.stop()
