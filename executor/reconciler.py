@@ -287,7 +287,7 @@ class Reconciler:
 
     def _check_adopted_results(self) -> None:
         """An adopted job may have finished while no scheduler was watching, its notice
-        consumed by the dead one: one GET of its result tells."""
+        consumed by the dead one: one HEAD of its result tells."""
         with self.jobs_lock:
             adopted = [j for j in self.jobs.values() if j.check_result]
         for job in adopted:
