@@ -27,7 +27,7 @@ from typing import Any
 
 from edge_mailbox.executor import metrics
 from edge_mailbox.executor.liveness import WorkerWatch
-from edge_mailbox.executor.relay import ExecutionApi, is_run_call, route_allowed
+from edge_mailbox.executor.relay import ExecutionApi, Replayed, is_run_call, route_allowed
 from edge_mailbox.executor.settings import (
     EdgeMailboxConfigError,
     ExecutorSettings,
@@ -36,9 +36,9 @@ from edge_mailbox.executor.settings import (
 from edge_mailbox.mailbox.codec import Signed
 from edge_mailbox.mailbox.errors import AlreadyExists, NotFound, ProtocolError, StoreError
 from edge_mailbox.mailbox.layout import check_job_id, new_id
-from edge_mailbox.mailbox.models import Claim, JobManifest, JobState, Revocation
+from edge_mailbox.mailbox.models import Claim, JobManifest, JobState, RelayCall, Revocation
 from edge_mailbox.mailbox.protocol import Mailbox
-from edge_mailbox.mailbox.relaycodec import error_answer, open_call, seal_answer
+from edge_mailbox.mailbox.relaycodec import decode_body, error_answer, open_call, seal_answer
 from edge_mailbox.signer import KeyRing, Reason, SealError, SealKey, VerificationError
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ class Reconciler:
         self.jobs_lock = threading.Lock()
         self.api = ExecutionApi(settings.execution_api_url, settings.execution_api_timeout)
         self.pool = ThreadPoolExecutor(settings.relay_threads, thread_name_prefix="mailbox-relay")
-        self.in_flight: set[str] = set()
+        self.in_flight: set[str] = set()  # jobs a relay thread is serving
+        self.look_again: set[str] = set()  # listed while in flight: list again after
         self.in_flight_lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -238,7 +239,13 @@ class Reconciler:
             self.wake.clear()
 
     def poll_once(self) -> int:
-        """One LIST of the inbox (more pages only if over 1,000 items); act on each item."""
+        """One LIST of the inbox (more pages only if over 1,000 items); act on each item.
+
+        Claims are handled here. A job's relay requests are replayed by one relay thread, one
+        after another in the order of their ids (the order the worker sent them), and its
+        result is reported only after them: a task's terminal state is a request the worker
+        does not wait for, and it must reach Airflow before the executor hears the job ended.
+        A job whose thread is still busy is looked at again when that thread is done."""
         items: list[tuple[str, str, str, str | None]] = []
         self.expired = set()
         self.left = set()
@@ -258,45 +265,54 @@ class Reconciler:
             if not page.truncated:
                 break
             after = page.last_key
-        self._check_adopted_results()
-        order = {"claim": 0, "request": 1, "result": 2}
+        results: dict[str, str | None] = dict.fromkeys(self._adopted_results())
+        requests: dict[str, list[tuple[str, str]]] = {}
         handled = 0
-        for key, job_id, kind, request_id in sorted(items, key=lambda i: order[i[2]]):
+        for key, job_id, kind, request_id in items:
             if key in self.parked:
                 if key in self.expired:  # a bucket writer must not fill the inbox this way
                     self.parked.discard(key)
                     self._reject(key, "its signing key was never trusted")
                 continue
-            with self.in_flight_lock:
-                if key in self.in_flight:
-                    continue
             if kind == "claim":
                 self._on_claim(key, job_id)
+                handled += 1
             elif kind == "result":
-                self._on_result(key, job_id)
+                results[job_id] = key
             else:
                 assert request_id
                 known = self.jobs.get(job_id)
-                if known and request_id in known.answered:
-                    continue  # answered (and deleted) since the LIST
-                with self.in_flight_lock:
-                    self.in_flight.add(key)
-                self.pool.submit(self._on_request_safely, key, job_id, request_id)
-            handled += 1
+                if not (known and request_id in known.answered):  # else: answered since the LIST
+                    requests.setdefault(job_id, []).append((key, request_id))
+        for job_id in sorted(requests.keys() | results.keys()):
+            with self.in_flight_lock:
+                if job_id in self.in_flight:
+                    self.look_again.add(job_id)
+                    continue
+                pending = sorted(requests.get(job_id, []), key=lambda r: r[1])
+                if pending:
+                    self.in_flight.add(job_id)
+            if pending:
+                self.pool.submit(self._serve_job, job_id, pending, results)
+            else:
+                self._on_result(results[job_id], job_id)
+            handled += len(pending) + (job_id in results)
         return handled
 
-    def _check_adopted_results(self) -> None:
+    def _adopted_results(self) -> list[str]:
         """An adopted job may have finished while no scheduler was watching, its notice
         consumed by the dead one: one HEAD of its result tells."""
         with self.jobs_lock:
             adopted = [j for j in self.jobs.values() if j.check_result]
+        found = []
         for job in adopted:
             job.check_result = False
             try:
                 self.mailbox.store.head(self.mailbox.layout.result(job.job_id))
             except NotFound:
                 continue
-            self._on_result(None, job.job_id)
+            found.append(job.job_id)
+        return found
 
     def _leave_for_owner(self, key: str | None, job: Job, what: str) -> bool:
         """True if ``job`` is another scheduler's: its notice stays in the inbox for that
@@ -568,52 +584,67 @@ class Reconciler:
 
     # -- relay -------------------------------------------------------------------------------
 
-    def _on_request_safely(self, key: str, job_id: str, request_id: str) -> None:
+    def _serve_job(
+        self, job_id: str, requests: list[tuple[str, str]], results: dict[str, str | None]
+    ) -> None:
+        """A relay thread: the job's requests in order, then its result if it was listed.
+        Stops at a request another reconciler is answering (or a bucket error), so that no
+        later call overtakes it; the inbox is listed again soon."""
         try:
-            self._on_request(key, job_id, request_id)
+            for key, request_id in requests:
+                if not self._on_request(key, job_id, request_id):
+                    self.relist = True
+                    return
+            if job_id in results:
+                self._on_result(results[job_id], job_id)
         except StoreError as exc:
-            log.warning("edge-mailbox: relay of %s postponed, bucket unavailable: %s", key, exc)
+            log.warning("edge-mailbox: relay for %s postponed, bucket unavailable: %s", job_id, exc)
             self.relist = True
         except Exception:
-            log.exception("edge-mailbox: relay of %s failed", key)
+            log.exception("edge-mailbox: relay for %s failed", job_id)
         finally:
             with self.in_flight_lock:
-                self.in_flight.discard(key)
+                self.in_flight.discard(job_id)
+                if job_id in self.look_again:  # listed again while this thread was busy
+                    self.look_again.discard(job_id)
+                    self.relist = True
             self.wake.set()
 
-    def _on_request(self, key: str, job_id: str, request_id: str) -> None:
+    def _on_request(self, key: str, job_id: str, request_id: str) -> bool:
+        """Replay one relay request and answer it. False only when another reconciler holds
+        it (the job's later calls must wait); anything refused is dealt with: True."""
         started = time.monotonic()
         try:
             job = self._job_from_claim(job_id)
         except NotFound:
             self._reject(key, "relay request for a job nobody claimed")
-            return
+            return True
         except (VerificationError, ProtocolError) as exc:
             self._refuse(key, "relay request refused", exc)
-            return
+            return True
         try:
             request = self.mailbox.read_request(job_id, request_id, self.settings.worker_keys)
         except NotFound:
             # Listed, then answered and deleted by another relay thread before this one got
             # to it: nothing to do.
             log.debug("edge-mailbox: %s was answered meanwhile", key)
-            return
+            return True
         except (VerificationError, ProtocolError) as exc:
             self._refuse(key, "relay request refused", exc)
-            return
+            return True
         assert job and job.claim
         if request.kid != job.claim.kid or request.model.job_id != job_id:
             self._reject(key, f"relay request signed by {request.kid}, not the claim holder")
-            return
+            return True
         self._report_claimed(job)  # in case its claim notice is late or lost
         replay_ms = 0.0
         with job.lock:  # one call at a time per job, in arrival order of the poll
             if request_id in job.answered or self._answered_before(job, request_id):
                 self.mailbox.store.delete(key)
-                return
+                return True
             if not self.mailbox.take_request(job_id, request_id, self.owner, self.relay_lease):
                 log.debug("edge-mailbox: %s is being answered by another reconciler", key)
-                return
+                return False
             seal_key = SealKey.derive(self.settings.signing_key.seed(), job_id)
             try:
                 call = open_call(
@@ -623,7 +654,7 @@ class Reconciler:
                 )
             except (SealError, ProtocolError) as exc:
                 self._reject(key, f"relay request cannot be opened: {exc}")
-                return
+                return True
             if job.revoked:
                 answer = error_answer(409, "the job was revoked by the scheduler")
             elif job.finished:
@@ -637,7 +668,7 @@ class Reconciler:
                 else:
                     token = job.token or self.mint_token(job.ti_id, "execution")
                 t0 = time.monotonic()
-                replayed = self.api.replay(call, token)
+                replayed = self._replay(call, token, request.model.awaited)
                 replay_ms = (time.monotonic() - t0) * 1000
                 if replayed.refreshed_token:
                     job.token = replayed.refreshed_token
@@ -670,6 +701,32 @@ class Reconciler:
             (time.time() - request.model.sent_at) * 1000,
             replay_ms,
         )
+        if not request.model.awaited and answer.status >= 400:
+            log.warning(
+                "edge-mailbox: job %s: the Execution API answered %s to %s %s, which the worker "
+                "did not wait for: %s",
+                job_id,
+                answer.status,
+                call.method,
+                call.path,
+                decode_body(answer.body)[:500].decode("utf-8", "replace"),
+            )
+        return True
+
+    def _replay(self, call: RelayCall, token: str, awaited: bool) -> Replayed:
+        """Replay a call. One the worker waits for is replayed once (the Task SDK retries a
+        5xx itself); one it does not wait for is retried here on a 5xx, with backoff, for up
+        to ``execution_api_timeout`` after the first try (within the relay lease), since
+        nobody else will."""
+        give_up = time.monotonic() + self.settings.execution_api_timeout
+        replayed = self.api.replay(call, token)
+        pause = 0.5
+        while not awaited and replayed.answer.status >= 500 and time.monotonic() < give_up:
+            if self.stopping.wait(pause):
+                break
+            pause = min(pause * 2, 8.0)
+            replayed = self.api.replay(call, token)
+        return replayed
 
     def _answered_before(self, job: Job, request_id: str) -> bool:
         """Answered by another reconciler, or by us before a restart: the bucket knows.

@@ -182,15 +182,22 @@ class RelayAnswer(WireModel):
 
 
 class RelayRequest(WireModel):
-    """A worker's Execution API call, sealed to the scheduler side's per-job key."""
+    """A worker's Execution API call, sealed to the scheduler side's per-job key.
+
+    ``awaited`` False (schema 1.1): the worker answered the call itself and does not poll
+    for the response, because the Task SDK does not use it (rendered fields, a terminal
+    state). The reconciler still replays it, in order with the job's other calls and before
+    the job's result, and still writes the response (the record that it was replayed)."""
 
     KIND = "relay-request"
+    SCHEMA_MINOR = 1
     MAX_BYTES = 48 * 1024 * KiB
 
     job_id: str = Field(pattern=JOB_ID)
     request_id: str = Field(pattern=JOB_ID)
     sent_at: float
     sealed: str
+    awaited: bool = True
 
 
 class RelayResponse(WireModel):

@@ -27,13 +27,20 @@ def pick(headers: dict[str, str], allowed: frozenset[str]) -> dict[str, str]:
 
 
 def seal_call(
-    call: RelayCall, recipient: str, context: str, job_id: str, request_id: str
+    call: RelayCall,
+    recipient: str,
+    context: str,
+    job_id: str,
+    request_id: str,
+    *,
+    awaited: bool = True,
 ) -> RelayRequest:
     return RelayRequest(
         job_id=job_id,
         request_id=request_id,
         sent_at=time.time(),
         sealed=seal(call.to_json(), recipient, context=context),
+        awaited=awaited,
     )
 
 

@@ -20,10 +20,10 @@ import httpx
 import pytest
 from conftest import store_config
 
-from edge_mailbox.executor.reconciler import Reconciler
+from edge_mailbox.executor.reconciler import Job, Reconciler
 from edge_mailbox.executor.settings import ExecutorSettings
 from edge_mailbox.mailbox.layout import new_id
-from edge_mailbox.mailbox.models import Claim, JobManifest
+from edge_mailbox.mailbox.models import Claim, JobManifest, JobResult, JobState
 from edge_mailbox.mailbox.protocol import Mailbox, nonce
 from edge_mailbox.mailbox.store import ObjectStore
 from edge_mailbox.signer import KeyRing, SealKey, SigningKey
@@ -33,10 +33,13 @@ TI = "01a20147-3ff0-76e2-ac44-bf7425a784de"
 
 
 class CountingApi:
-    """Answers every call after a short pause (to widen any race), counting them by path."""
+    """Answers every call after a short pause (to widen any race), counting them by path and
+    keeping their order; the first ``fail_first`` calls get a 503."""
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.order: list[str] = []  # paths, as each call was answered
+        self.fail_first = 0
         api = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -49,9 +52,12 @@ class CountingApi:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 api.calls[self.path] += 1
                 time.sleep(0.3)
+                failing = sum(api.calls.values()) <= api.fail_first
+                if not failing:
+                    api.order.append(self.path)
                 authorized = self.headers.get("authorization") == "Bearer execution-token"
                 body = json.dumps({"ok": True, "authorized": authorized}).encode()
-                self.send_response(200)
+                self.send_response(503 if failing else 200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -261,3 +267,68 @@ def test_the_heartbeat_right_after_run_is_not_relayed(seaweed, prefix, api) -> N
             f"/execution/task-instances/{TI}/heartbeat": 1,
         }
         assert transport.heartbeats_skipped == 1
+
+
+def test_calls_written_behind_reach_the_api_in_order_and_before_the_result(
+    seaweed, prefix, api
+) -> None:
+    """Rendered fields and the terminal state are answered by the worker itself (202) and
+    cost it one PUT each. Two reconcilers then replay them once each, in the order sent,
+    and the job's owner reports its result only after the state call was answered."""
+    scheduler, worker = SigningKey.generate(), SigningKey.generate()
+    config = store_config(seaweed, prefix)
+    settings = make_settings(config, scheduler, KeyRing([worker.public]), "", api.url)
+    owner, other = reconciler(config, settings), reconciler(config, settings)
+    mailbox = Mailbox(ObjectStore(config))
+    transport = claimed_job(mailbox, scheduler, worker)
+    owner.track(Job(job_id=transport.job_id, ti_id=TI, queue="default"))
+    mailbox.store.counter.reset()
+    with httpx.Client(base_url=BASE_URL, transport=transport) as client:
+        for _ in range(3):  # ids minted within one millisecond still keep their order
+            assert client.put(f"task-instances/{TI}/rtif", json={"f": "v"}).status_code == 202
+        assert client.patch(f"task-instances/{TI}/state", json={}).status_code == 202
+    assert mailbox.store.counter.snapshot() == {
+        "PUT": 4,  # the four requests: no ring, no answer polls
+        "GET": 0,
+        "LIST": 0,
+        "HEAD": 0,
+        "DELETE": 0,
+    }
+    assert api.calls == {}  # nobody replayed them yet: the worker did not wait
+    result = JobResult(
+        job_id=transport.job_id,
+        worker="w1",
+        state=JobState.SUCCESS,
+        exit_code=0,
+        started_at=time.time(),
+        finished_at=time.time(),
+    )
+    mailbox.put_result(result, worker)
+    mailbox.notify(mailbox.layout.inbox_result(transport.job_id))
+    for r in (owner, other):
+        r.start()
+    try:
+        assert owner.events.get(timeout=60)[:2] == ("running", transport.job_id)
+        assert owner.events.get(timeout=60)[:2] == ("success", transport.job_id)
+        rtif, state = (f"/execution/task-instances/{TI}/{p}" for p in ("rtif", "state"))
+        assert api.order == [rtif, rtif, rtif, state]  # all answered before the result
+        assert api.calls == {rtif: 3, state: 1}
+        assert other.events.empty()
+    finally:
+        for r in (owner, other):
+            r.stop()
+
+
+def test_a_call_written_behind_is_retried_on_a_server_error(seaweed, prefix, api) -> None:
+    """The worker did not wait for it, so the Task SDK's own retries do not apply: the
+    reconciler retries a 5xx itself."""
+    api.fail_first = 2
+    with (
+        served_job(seaweed, prefix, api) as transport,
+        httpx.Client(base_url=BASE_URL, transport=transport) as client,
+    ):
+        assert client.put(f"task-instances/{TI}/rtif", json={}).status_code == 202
+        assert client.put(f"task-instances/{TI}/heartbeat", json={}).status_code == 200
+    rtif = f"/execution/task-instances/{TI}/rtif"
+    assert api.calls[rtif] == 3
+    assert api.order == [rtif, f"/execution/task-instances/{TI}/heartbeat"]

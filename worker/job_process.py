@@ -115,6 +115,7 @@ def run(spec: dict) -> int:
                         "answer_waits": transport.answer_waits,
                         "polls": transport.polls,
                         "heartbeats_skipped": transport.heartbeats_skipped,
+                        "written_behind": transport.written_behind,
                         "requests": mailbox.store.counter.snapshot(),
                         "cpu": _cpu_seconds(since=cpu_before),
                     }
