@@ -8,7 +8,8 @@ Single-threaded by design, so that it can fork one process per job (see job_proc
 - it verifies a manifest's signature and binding before anything else, claims it with a
   conditional create, and forks the job's process;
 - when a job's process exits it uploads the task's log and writes the signed result;
-- it writes a heartbeat every ``heartbeat_interval`` and when its state changes;
+- it writes a heartbeat every ``heartbeat_interval`` and when its state changes (between
+  idle and running: at the next regular heartbeat);
 - it obeys SIGTERM/SIGINT and its run folder's control file (maintenance), drains running
   jobs, and kills them after ``drain_timeout``.
 
@@ -89,9 +90,11 @@ class Worker:
     maintenance: bool = False
     maintenance_comment: str = ""
     refusal: str = ""  # why this worker takes no new jobs (version mismatch)
-    interval: float = 0.1
+    interval: float = 0.1  # between queue polls: poll_min after activity, up to poll_max
+    next_poll: float = 0.0
     last_heartbeat: float = 0.0
-    last_state: WorkerState | None = None
+    last_state: WorkerState | None = None  # in the last heartbeat
+    status_state: WorkerState | None = None  # in the local status file
 
     def __post_init__(self) -> None:
         self.mailbox = Mailbox(ObjectStore(self.settings.store))
@@ -167,6 +170,10 @@ class Worker:
         return 0
 
     def _loop_once(self) -> None:
+        """One turn: reap and report jobs (every 0.2 s at most while any run), and poll the
+        queues when due. Polling is fast right after activity (a claim, a finished job) and
+        backs off to ``poll_max`` without it, also while long tasks run: a busy worker with
+        free slots costs as little as an idle one once nothing new comes."""
         self._read_control()
         activity = self._reap()
         now = time.monotonic()
@@ -175,20 +182,23 @@ class Worker:
                 job.shipper.tick(now)  # never raises: an outage only delays the chunks
         self._cleanup_logs_if_due()
         self._enforce_drain_timeout()
-        if self.accepting and self.free_slots > 0:
+        if self.accepting and self.free_slots > 0 and (activity or now >= self.next_poll):
             try:
                 activity |= self._poll_queues()
+                self.interval = (
+                    self.settings.poll_min
+                    if activity
+                    else min(self.interval * 1.25, self.settings.poll_max)
+                )
             except StoreError as exc:
                 log.warning("bucket unavailable (%s); backing off", exc)
                 self.interval = min(max(self.interval, 1.0) * 2, 30.0)
+            self.next_poll = time.monotonic() + self.interval
         self._report_pending()
         self.runners.retire_idle()
         self._heartbeat_if_due()
-        if activity:
-            self.interval = self.settings.poll_min
-        else:
-            self.interval = min(self.interval * 1.25, self.settings.poll_max)
-        time.sleep(min(self.interval, 0.2) if self.running else self.interval)
+        pause = max(0.0, self.next_poll - time.monotonic())
+        time.sleep(min(pause, 0.2) if self.running else pause)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.stopping:  # a second signal: do not wait for the drain timeout
@@ -257,11 +267,17 @@ class Worker:
         }
 
     def _heartbeat_if_due(self) -> None:
+        """A heartbeat every ``heartbeat_interval``, and at once when the state changes in a
+        way that matters centrally (maintenance, stopping, offline). Between idle and running
+        it waits for the next regular one, or a chain of tasks would cost two PUTs per task;
+        the local status file shows every change at once."""
         state = self.state
         due = time.time() - self.last_heartbeat >= self.settings.heartbeat_interval
-        if state != self.last_state or due:
+        busy_or_not = {state, self.last_state} <= {WorkerState.IDLE, WorkerState.RUNNING}
+        if due or (state != self.last_state and not busy_or_not):
             self._heartbeat(state)
-        elif self.run_dir and state != self.last_state:
+        elif self.run_dir and state != self.status_state:
+            self.status_state = state
             self.run_dir.write_status(self.status())
 
     def _heartbeat(self, state: WorkerState) -> None:
@@ -282,6 +298,7 @@ class Worker:
             self.last_heartbeat = heartbeat.sent_at
         except StoreError as exc:
             log.warning("heartbeat waits: bucket unavailable (%s)", exc)
+        self.status_state = state
         if self.run_dir:
             self.run_dir.write_status(self.status())
 
