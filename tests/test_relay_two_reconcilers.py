@@ -273,7 +273,7 @@ def test_calls_written_behind_reach_the_api_in_order_and_before_the_result(
     seaweed, prefix, api
 ) -> None:
     """Rendered fields and the terminal state are answered by the worker itself (202) and
-    cost it one PUT each. Two reconcilers then replay them once each, in the order sent,
+    cost it one PUT each (and a ring for the state). Two reconcilers then replay them once each, in the order sent,
     and the job's owner reports its result only after the state call was answered."""
     scheduler, worker = SigningKey.generate(), SigningKey.generate()
     config = store_config(seaweed, prefix)
@@ -288,7 +288,7 @@ def test_calls_written_behind_reach_the_api_in_order_and_before_the_result(
             assert client.put(f"task-instances/{TI}/rtif", json={"f": "v"}).status_code == 202
         assert client.patch(f"task-instances/{TI}/state", json={}).status_code == 202
     assert mailbox.store.counter.snapshot() == {
-        "PUT": 4,  # the four requests: no ring, no answer polls
+        "PUT": 5,  # the four requests and the terminal state's ring; no answer polls
         "GET": 0,
         "LIST": 0,
         "HEAD": 0,

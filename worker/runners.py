@@ -21,7 +21,7 @@ import struct
 import time
 import traceback
 from collections.abc import Callable
-from multiprocessing.connection import Connection, Pipe
+from multiprocessing.connection import Connection, Pipe, wait
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,17 @@ class RunnerPool:
         self.all.append(runner)
         runner.conn.send_bytes(body)
         return JobHandle(runner, self)
+
+    @staticmethod
+    def wait(handles: list[JobHandle], timeout: float) -> None:
+        """Sleep until one of these jobs ends (its runner answers or dies) or ``timeout``."""
+        conns = [
+            h.runner.conn for h in handles if h.returncode is None and not h.runner.conn.closed
+        ]
+        if conns:
+            wait(conns, timeout)
+        else:
+            time.sleep(timeout)
 
     def give_back(self, runner: Runner) -> None:
         runner.jobs += 1

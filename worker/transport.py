@@ -7,10 +7,10 @@ passes). While the bucket is unreachable the request waits and is delivered late
 
 Two calls are written behind: the rendered fields (PUT .../rtif) and the task's terminal
 state (PATCH .../state). The Task SDK does not use their answers, so the transport answers
-them itself (202) as soon as the request is in the bucket, without a ring or answer polls;
+them itself (202) as soon as the request is in the bucket, without answer polls;
 the reconciler replays a job's calls in the order of their ids (which increase within a
 job) and the terminal state before it reports the job's result. That takes two of a
-trivial task's three relay round trips off its critical path, and eight requests off its bill.
+trivial task's three relay round trips off its critical path, and seven requests off its bill.
 """
 
 from __future__ import annotations
@@ -117,10 +117,14 @@ class RelayTransport(httpx.BaseTransport):
         )
         give_up = started + self.deadline
         self._retry_until(give_up, lambda: self.mailbox.put_request(sealed, self.worker_key))
-        if not awaited:  # no ring: the job's next call, or its result, rings in a moment
+        # A terminal state rings at once: Airflow schedules the downstream tasks from it, and
+        # the job's result comes only after the supervisor's exit. Rendered fields need no
+        # ring: the job's next call, or its result, rings in a moment.
+        if awaited or path.endswith("/state"):
+            self._retry_until(give_up, self.mailbox.ring_inbox)
+        if not awaited:
             self.written_behind += 1
             return httpx.Response(202, request=request)
-        self._retry_until(give_up, self.mailbox.ring_inbox)
         sent = time.monotonic()
         answer, missed_until = self._await_answer(request_id, sent, give_up)
         answered = time.monotonic()

@@ -170,7 +170,7 @@ class Worker:
         return 0
 
     def _loop_once(self) -> None:
-        """One turn: reap and report jobs (every 0.2 s at most while any run), and poll the
+        """One turn: reap and report jobs (the loop wakes as soon as one ends), and poll the
         queues when due. Polling is fast right after activity (a claim, a finished job) and
         backs off to ``poll_max`` without it, also while long tasks run: a busy worker with
         free slots costs as little as an idle one once nothing new comes."""
@@ -198,7 +198,10 @@ class Worker:
         self.runners.retire_idle()
         self._heartbeat_if_due()
         pause = max(0.0, self.next_poll - time.monotonic())
-        time.sleep(min(pause, 0.2) if self.running else pause)
+        if self.running:  # log chunks and the drain timeout want a turn each second
+            self.runners.wait([job.process for job in self.running.values()], min(pause, 1.0))
+        else:
+            time.sleep(pause)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.stopping:  # a second signal: do not wait for the drain timeout
