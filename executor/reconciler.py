@@ -119,6 +119,7 @@ class Reconciler:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="mailbox-reconciler", daemon=True)
         self.relist = True  # LIST once at start: items may be waiting from before a restart
+        self.hurry = False  # a job was just queued: poll fast, its claim comes soon
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()}"
         self.relay_lease = (
             settings.execution_api_timeout * RELAY_LEASE_TIMEOUTS + RELAY_LEASE_MARGIN
@@ -155,6 +156,7 @@ class Reconciler:
         """A manifest was written: expect its claim soon, so poll fast."""
         with self.jobs_lock:
             self.jobs[job.job_id] = job
+        self.hurry = True
         self.wake.set()
 
     def revoke(self, job_id: str, reason: str) -> None:
@@ -211,11 +213,19 @@ class Reconciler:
 
     def _run(self) -> None:
         """Poll the inbox's change marker (a cheap conditional GET); LIST only when it rang,
-        when an item is waiting for another try, or every ``list_interval`` as a safety net."""
+        when an item is waiting for another try, or every ``list_interval`` as a safety net.
+
+        While jobs are outstanding the marker is polled every ``poll_interval`` right after a
+        change (a job queued, an item listed, a relay call in flight), backing off to five
+        times that while nothing changes: long tasks call home only every few seconds, and
+        each poll is a billed GET."""
         etag: str | None = None
         last_list = 0.0
+        quiet = self.settings.poll_active
         while not self.stopping.is_set():
             outstanding = self.outstanding()
+            active = self.hurry
+            self.hurry = False
             try:
                 changed, etag = self.mailbox.inbox_changed(etag)
                 now = time.monotonic()
@@ -224,7 +234,7 @@ class Reconciler:
                 if changed or due or self.relist:
                     self.relist = False
                     last_list = now
-                    self.poll_once()
+                    active |= self.poll_once() > 0
             except StoreError as exc:
                 log.warning("edge-mailbox: bucket unavailable (%s); retrying", exc)
                 self.relist = True
@@ -234,8 +244,11 @@ class Reconciler:
             if time.monotonic() - self.last_watch > self.settings.worker_check_interval:
                 self.last_watch = time.monotonic()
                 self.check_workers()
-            interval = self.settings.poll_active if outstanding else self.settings.poll_idle
-            self.wake.wait(interval)
+            if active or self.in_flight:
+                quiet = self.settings.poll_active
+            else:
+                quiet = min(quiet * 1.5, self.settings.poll_active * 5)
+            self.wake.wait(quiet if outstanding else self.settings.poll_idle)
             self.wake.clear()
 
     def poll_once(self) -> int:

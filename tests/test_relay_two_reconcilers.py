@@ -273,8 +273,9 @@ def test_calls_written_behind_reach_the_api_in_order_and_before_the_result(
     seaweed, prefix, api
 ) -> None:
     """Rendered fields and the terminal state are answered by the worker itself (202) and
-    cost it one PUT each (and a ring for the state). Two reconcilers then replay them once each, in the order sent,
-    and the job's owner reports its result only after the state call was answered."""
+    cost it one PUT each (and a ring for the state). Two reconcilers then replay them once
+    each, in the order sent, and the job's owner reports its result only after the state
+    call was answered."""
     scheduler, worker = SigningKey.generate(), SigningKey.generate()
     config = store_config(seaweed, prefix)
     settings = make_settings(config, scheduler, KeyRing([worker.public]), "", api.url)
@@ -332,3 +333,22 @@ def test_a_call_written_behind_is_retried_on_a_server_error(seaweed, prefix, api
     rtif = f"/execution/task-instances/{TI}/rtif"
     assert api.calls[rtif] == 3
     assert api.order == [rtif, f"/execution/task-instances/{TI}/heartbeat"]
+
+
+def test_a_quiet_reconciler_polls_less_often(seaweed, prefix, api) -> None:
+    """Jobs outstanding but nothing changing (long tasks): the inbox marker is polled every
+    poll_interval right after a change, then less often, up to five times that interval."""
+    scheduler, worker = SigningKey.generate(), SigningKey.generate()
+    config = store_config(seaweed, prefix)
+    settings = make_settings(config, scheduler, KeyRing([worker.public]), "", api.url)
+    r = reconciler(config, settings)  # poll_interval 0.02 s: 12 polls would take 0.24 s
+    started = time.monotonic()
+    r.start()
+    try:
+        deadline = started + 30
+        while r.mailbox.store.counter.snapshot()["GET"] < 12:
+            assert time.monotonic() < deadline, "the reconciler stopped polling"
+            time.sleep(0.01)
+        assert time.monotonic() - started > 0.6  # backed off to 0.1 s: about 1 s
+    finally:
+        r.stop()
