@@ -120,6 +120,8 @@ class Reconciler:
         self.thread = threading.Thread(target=self._run, name="mailbox-reconciler", daemon=True)
         self.relist = True  # LIST once at start: items may be waiting from before a restart
         self.hurry = False  # a job was just queued: poll fast, its claim comes soon
+        self.deletions: list[str] = []  # inbox items and claimed manifests, deleted in batches
+        self.deletions_lock = threading.Lock()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()}"
         self.relay_lease = (
             settings.execution_api_timeout * RELAY_LEASE_TIMEOUTS + RELAY_LEASE_MARGIN
@@ -150,6 +152,7 @@ class Reconciler:
         self.wake.set()
         self.thread.join(timeout)
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.flush_deletions()
         self.api.close()
 
     def track(self, job: Job) -> None:
@@ -244,6 +247,7 @@ class Reconciler:
             if time.monotonic() - self.last_watch > self.settings.worker_check_interval:
                 self.last_watch = time.monotonic()
                 self.check_workers()
+            self.flush_deletions()
             if active or self.in_flight:
                 quiet = self.settings.poll_active
             else:
@@ -259,6 +263,7 @@ class Reconciler:
         result is reported only after them: a task's terminal state is a request the worker
         does not wait for, and it must reach Airflow before the executor hears the job ended.
         A job whose thread is still busy is looked at again when that thread is done."""
+        self.flush_deletions()  # what was handled must not be listed again
         items: list[tuple[str, str, str, str | None]] = []
         self.expired = set()
         self.left = set()
@@ -311,6 +316,32 @@ class Reconciler:
                 self._on_result(results[job_id], job_id)
             handled += len(pending) + (job_id in results)
         return handled
+
+    def _delete_soon(self, key: str) -> None:
+        """Handled inbox items and claimed manifests are deleted together, once per turn of
+        the loop and before each LIST (one DeleteObjects instead of a DELETE each). One
+        listed again in between is known as handled (answered, reported) and costs nothing."""
+        with self.deletions_lock:
+            self.deletions.append(key)
+
+    def flush_deletions(self) -> None:
+        with self.deletions_lock:
+            keys, self.deletions = self.deletions, []
+        if not keys:
+            return
+        try:
+            if len(keys) == 1:
+                self.mailbox.store.delete(keys[0])
+                failed = []
+            else:
+                failed = self.mailbox.store.delete_many(keys)
+        except StoreError as exc:
+            log.warning("edge-mailbox: %d deletions wait: %s", len(keys), exc)
+            with self.deletions_lock:
+                self.deletions.extend(keys)
+            return
+        if failed:  # listed again and handled again: deleted on a later turn
+            log.warning("edge-mailbox: the bucket refused to delete %s", failed[:10])
 
     def _adopted_results(self) -> list[str]:
         """An adopted job may have finished while no scheduler was watching, its notice
@@ -486,8 +517,7 @@ class Reconciler:
             log.warning("edge-mailbox: ignoring %s: %s", key, reason)
             metrics.incr("refused")
             self.rejected.add(key)
-        with contextlib.suppress(StoreError):
-            self.mailbox.store.delete(key)
+        self._delete_soon(key)
 
     # -- claims ------------------------------------------------------------------------------
 
@@ -546,7 +576,7 @@ class Reconciler:
             return
         self._report_claimed(job)
         if key:
-            self.mailbox.store.delete(key)
+            self._delete_soon(key)
 
     def _report_claimed(self, job: Job) -> None:
         """Once per job: tell Airflow it runs, and take its manifest out of the queue."""
@@ -559,7 +589,7 @@ class Reconciler:
         metrics.timing("claim_latency", job.claim.model.claimed_at - job.enqueued_at)
         self.events.put(("running", job.job_id, job.claim.model.worker))
         if job.manifest_key:
-            self.mailbox.store.delete(job.manifest_key)
+            self._delete_soon(job.manifest_key)
 
     # -- results -----------------------------------------------------------------------------
 
@@ -593,7 +623,7 @@ class Reconciler:
             )
             self.events.put((state, job_id, result.model.message or None))
         if key:
-            self.mailbox.store.delete(key)
+            self._delete_soon(key)
 
     # -- relay -------------------------------------------------------------------------------
 
@@ -653,7 +683,7 @@ class Reconciler:
         replay_ms = 0.0
         with job.lock:  # one call at a time per job, in arrival order of the poll
             if request_id in job.answered or self._answered_before(job, request_id):
-                self.mailbox.store.delete(key)
+                self._delete_soon(key)
                 return True
             if not self.mailbox.take_request(job_id, request_id, self.owner, self.relay_lease):
                 log.debug("edge-mailbox: %s is being answered by another reconciler", key)
@@ -701,7 +731,7 @@ class Reconciler:
                 log.info("edge-mailbox: %s was already answered", key)
             job.answered.add(request_id)
             self.relayed.append(request_id)
-            self.mailbox.store.delete(key)
+            self._delete_soon(key)
         metrics.timing("relay_latency", time.time() - request.model.sent_at)
         log.debug(
             "edge-mailbox: relayed %s %s for %s -> %s in %.0f ms (%.0f ms after it was sent; "

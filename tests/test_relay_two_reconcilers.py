@@ -315,6 +315,11 @@ def test_calls_written_behind_reach_the_api_in_order_and_before_the_result(
         assert api.order == [rtif, rtif, rtif, state]  # all answered before the result
         assert api.calls == {rtif: 3, state: 1}
         assert other.events.empty()
+        inbox = f"{prefix}/v1/inbox/"
+        deadline = time.monotonic() + 30
+        while any(mailbox.store.list_all(inbox)):  # handled items are deleted (in batches)
+            assert time.monotonic() < deadline, "handled items were left in the inbox"
+            time.sleep(0.1)
     finally:
         for r in (owner, other):
             r.stop()
