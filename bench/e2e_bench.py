@@ -1,5 +1,6 @@
 """Wall time of a 10-task chain and a 20-task fan-out, MailboxExecutor vs LocalExecutor, on this
-machine in one run; and the relay's round trip (median, p95) as the tasks saw it.
+machine in one run (both stacks up, rounds interleaved); and the relay's round trip (median,
+p95) as the tasks saw it.
 
     make bench        (or: .venv/bin/python bench/e2e_bench.py [--rounds N])
 
@@ -63,44 +64,70 @@ def cpu_seconds(stack: Stack) -> dict[str, float]:
     return totals
 
 
-def measure(
-    executor: str, rounds: int, workdir: Path, stats_dir: Path, cpu: dict[str, dict[str, float]]
-) -> dict[str, list[float]]:
+DAG_IDS = ("bench_chain", "bench_fanout")
+EXECUTORS = {"MailboxExecutor": MAILBOX_EXECUTOR, "LocalExecutor": "LocalExecutor"}
+
+
+def start_stack(executor: str, workdir: Path, stats_dir: Path) -> Stack:
     stack = Stack(root=workdir / executor.rsplit(".", 1)[-1], executor=executor, dags_folder=DAGS)
-    times: dict[str, list[float]] = {"bench_chain": [], "bench_fanout": []}
+    stack.prepare()
+    if executor == MAILBOX_EXECUTOR:
+        stack.add_worker("bench-1", concurrency=32, EDGE_MAILBOX_WORKER_STATS_DIR=str(stats_dir))
+    stack.start_airflow()
+    for dag_id in DAG_IDS:
+        stack.wait_for_dag(dag_id)
+    return stack
+
+
+def run_round(
+    stack: Stack, times: dict[str, list[float]], cpu: dict[str, dict[str, float]], rounds: int
+) -> None:
+    """Each DAG once; the fan-out's CPU per task, by component, added up over the rounds."""
+    for dag_id in DAG_IDS:
+        before = cpu_seconds(stack)
+        run_id = stack.trigger(dag_id)
+        state = stack.wait_for_run(dag_id, run_id, timeout=600)
+        if state != "success":
+            raise RuntimeError(f"{dag_id} {run_id}: {state}")
+        run = stack._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+        times[dag_id].append(_seconds(run))
+        if dag_id == "bench_fanout":
+            after = cpu_seconds(stack)
+            for name, value in after.items():
+                cpu.setdefault(name, {}).setdefault(stack.executor, 0.0)
+                cpu[name][stack.executor] += (value - before.get(name, 0.0)) / (20 * rounds)
+        print(
+            f"  {stack.executor.rsplit('.', 1)[-1]:<16} {dag_id:<13} {times[dag_id][-1]:6.2f} s",
+            flush=True,
+        )
+
+
+def measure(
+    rounds: int, workdir: Path, stats_dir: Path, cpu: dict[str, dict[str, float]]
+) -> dict[str, dict[str, list[float]]]:
+    """Both stacks up at once, their rounds interleaved (and which goes first alternating), so
+    that a slower or faster stretch of this shared machine weighs on both alike."""
+    stacks: dict[str, Stack] = {}
+    times = {name: {dag_id: [] for dag_id in DAG_IDS} for name in EXECUTORS}
     try:
-        stack.prepare()
-        if executor == MAILBOX_EXECUTOR:
-            stack.add_worker(
-                "bench-1", concurrency=32, EDGE_MAILBOX_WORKER_STATS_DIR=str(stats_dir)
-            )
-        stack.start_airflow()
-        for dag_id in times:
-            stack.wait_for_dag(dag_id)
-        for _ in range(rounds):
-            for dag_id in times:
-                before = cpu_seconds(stack)
-                run_id = stack.trigger(dag_id)
-                state = stack.wait_for_run(dag_id, run_id, timeout=600)
-                if state != "success":
-                    raise RuntimeError(f"{dag_id} {run_id}: {state}")
-                run = stack._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-                times[dag_id].append(_seconds(run))
-                if dag_id == "bench_fanout":
-                    after = cpu_seconds(stack)
-                    for name, value in after.items():
-                        cpu.setdefault(name, {}).setdefault(executor, 0.0)
-                        cpu[name][executor] += (value - before.get(name, 0.0)) / (20 * rounds)
-                print(
-                    f"  {executor.rsplit('.', 1)[-1]:<16} {dag_id:<13} {times[dag_id][-1]:6.2f} s",
-                    flush=True,
-                )
-        if executor == MAILBOX_EXECUTOR:
-            client = stack.bucket_client()
-            stack.wait_for(lambda: stack.all_results_in(client), 60, "the last results")
-            PICKUPS.extend(pickup_latencies(stack))
+        for name, executor in EXECUTORS.items():
+            stacks[name] = start_stack(executor, workdir, stats_dir)
+        for index in range(rounds):
+            order = list(stacks) if index % 2 == 0 else list(reversed(stacks))
+            for name in order:
+                run_round(stacks[name], times[name], cpu, rounds)
+        mailbox = stacks["MailboxExecutor"]
+        client = mailbox.bucket_client()
+        mailbox.wait_for(lambda: mailbox.all_results_in(client), 60, "the last results")
+        PICKUPS.extend(pickup_latencies(mailbox))
+    except Exception:  # the logs go with the temporary folder: show what failed first
+        for stack in stacks.values():
+            for name in stack.processes:
+                print(f"--- {name} log, last lines:\n{stack.log_tail(name)}", file=sys.stderr)
+        raise
     finally:
-        stack.stop()  # the executor and the worker write their request counts as they exit
+        for stack in stacks.values():
+            stack.stop()  # the executor and the worker write their request counts as they exit
     return times
 
 
@@ -121,10 +148,7 @@ def main() -> int:
         stats_dir.mkdir()
         os.environ["EDGE_MAILBOX_STATS_DIR"] = str(stats_dir)  # the scheduler's request count
         cpu: dict[str, dict[str, float]] = {}
-        results = {
-            "MailboxExecutor": measure(MAILBOX_EXECUTOR, args.rounds, workdir, stats_dir, cpu),
-            "LocalExecutor": measure("LocalExecutor", args.rounds, workdir, stats_dir, cpu),
-        }
+        results = measure(args.rounds, workdir, stats_dir, cpu)
         round_trips: list[float] = []
         relay_requests: list[int] = []
         polls: list[float] = []
