@@ -67,8 +67,8 @@ CONFIG: dict[str, Any] = {
             ),
             "poll_interval": _option(
                 "How often (s) the inbox's change marker is polled with a conditional GET while "
-                "jobs are queued or running, right after a change (backing off to five times "
-                "this while nothing changes); a LIST follows only when it changed.",
+                "jobs are queued or running (after 40 polls without a change, backing off to "
+                "five times this); a LIST follows only when it changed.",
                 "0.05",
                 type="float",
             ),

@@ -52,6 +52,9 @@ TokenMinter = Callable[[str, str], str]  # (ti_id, scope) -> JWT
 # died between taking a request and answering it delays that task by this much, no more.
 RELAY_LEASE_TIMEOUTS = 2.0
 RELAY_LEASE_MARGIN = 10.0
+# Polls of the inbox marker without a change after which the poll backs off (2 s at the
+# default poll_interval of 50 ms).
+QUIET_POLLS = 40
 
 
 @dataclass
@@ -218,13 +221,15 @@ class Reconciler:
         """Poll the inbox's change marker (a cheap conditional GET); LIST only when it rang,
         when an item is waiting for another try, or every ``list_interval`` as a safety net.
 
-        While jobs are outstanding the marker is polled every ``poll_interval`` right after a
-        change (a job queued, an item listed, a relay call in flight), backing off to five
-        times that while nothing changes: long tasks call home only every few seconds, and
-        each poll is a billed GET."""
+        While jobs are outstanding the marker is polled every ``poll_interval``, and after
+        ``QUIET_POLLS`` polls in a row without a change (a job queued, an item listed, a relay
+        call in flight) less and less often, down to five times that interval: long tasks
+        call home only every few seconds, and each poll is a billed GET. Short tasks keep the
+        fast rate, so a chain of them waits for nothing."""
         etag: str | None = None
         last_list = 0.0
         quiet = self.settings.poll_active
+        unchanged = 0
         while not self.stopping.is_set():
             outstanding = self.outstanding()
             active = self.hurry
@@ -248,7 +253,8 @@ class Reconciler:
                 self.last_watch = time.monotonic()
                 self.check_workers()
             self.flush_deletions()
-            if active or self.in_flight:
+            unchanged = 0 if active or self.in_flight else unchanged + 1
+            if unchanged < QUIET_POLLS:
                 quiet = self.settings.poll_active
             else:
                 quiet = min(quiet * 1.5, self.settings.poll_active * 5)

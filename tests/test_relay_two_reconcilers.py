@@ -20,7 +20,7 @@ import httpx
 import pytest
 from conftest import store_config
 
-from edge_mailbox.executor.reconciler import Job, Reconciler
+from edge_mailbox.executor.reconciler import QUIET_POLLS, Job, Reconciler
 from edge_mailbox.executor.settings import ExecutorSettings
 from edge_mailbox.mailbox.layout import new_id
 from edge_mailbox.mailbox.models import Claim, JobManifest, JobResult, JobState
@@ -341,19 +341,20 @@ def test_a_call_written_behind_is_retried_on_a_server_error(seaweed, prefix, api
 
 
 def test_a_quiet_reconciler_polls_less_often(seaweed, prefix, api) -> None:
-    """Jobs outstanding but nothing changing (long tasks): the inbox marker is polled every
-    poll_interval right after a change, then less often, up to five times that interval."""
+    """Jobs outstanding but nothing changing (long tasks): after QUIET_POLLS polls without a
+    change the inbox marker is polled less often, up to five times poll_interval."""
     scheduler, worker = SigningKey.generate(), SigningKey.generate()
     config = store_config(seaweed, prefix)
     settings = make_settings(config, scheduler, KeyRing([worker.public]), "", api.url)
-    r = reconciler(config, settings)  # poll_interval 0.02 s: 12 polls would take 0.24 s
+    r = reconciler(config, settings)  # poll_interval 0.02 s: 60 polls would take 1.2 s
     started = time.monotonic()
     r.start()
     try:
         deadline = started + 30
-        while r.mailbox.store.counter.snapshot()["GET"] < 12:
+        while r.mailbox.store.counter.snapshot()["GET"] < QUIET_POLLS + 20:
             assert time.monotonic() < deadline, "the reconciler stopped polling"
             time.sleep(0.01)
-        assert time.monotonic() - started > 0.6  # backed off to 0.1 s: about 1 s
+        # 40 polls at 0.02 s, then 20 backing off to 0.1 s: about 2.6 s
+        assert time.monotonic() - started > 2.0
     finally:
         r.stop()
