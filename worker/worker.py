@@ -46,6 +46,7 @@ from edge_mailbox.worker.settings import WorkerSettings
 
 log = logging.getLogger("edge_mailbox.worker")
 KILL_GRACE_SECONDS = 10.0
+POLL_GRACE_SECONDS = 2.0  # queue polls stay at poll_min this long after a claim or a job end
 
 
 def major(version: str) -> str:
@@ -92,6 +93,7 @@ class Worker:
     refusal: str = ""  # why this worker takes no new jobs (version mismatch)
     interval: float = 0.1  # between queue polls: poll_min after activity, up to poll_max
     next_poll: float = 0.0
+    last_activity: float = 0.0
     last_heartbeat: float = 0.0
     last_state: WorkerState | None = None  # in the last heartbeat
     status_state: WorkerState | None = None  # in the local status file
@@ -171,9 +173,10 @@ class Worker:
 
     def _loop_once(self) -> None:
         """One turn: reap and report jobs (the loop wakes as soon as one ends), and poll the
-        queues when due. Polling is fast right after activity (a claim, a finished job) and
-        backs off to ``poll_max`` without it, also while long tasks run: a busy worker with
-        free slots costs as little as an idle one once nothing new comes."""
+        queues when due. Polling is fast for ``POLL_GRACE_SECONDS`` after activity (a claim,
+        a finished job: in a chain of tasks the next one comes a second later) and backs off
+        to ``poll_max`` without it, also while long tasks run: a busy worker with free slots
+        costs as little as an idle one once nothing new comes."""
         self._read_control()
         activity = self._reap()
         now = time.monotonic()
@@ -185,9 +188,12 @@ class Worker:
         if self.accepting and self.free_slots > 0 and (activity or now >= self.next_poll):
             try:
                 activity |= self._poll_queues()
+                if activity:
+                    self.last_activity = now
+                fresh = now - self.last_activity < POLL_GRACE_SECONDS
                 self.interval = (
                     self.settings.poll_min
-                    if activity
+                    if fresh
                     else min(self.interval * 1.25, self.settings.poll_max)
                 )
             except StoreError as exc:
