@@ -3,6 +3,7 @@ one queue start at different jobs of the top priority (real SeaweedFS, no Airflo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -85,3 +86,30 @@ def test_major_version_mismatch_stops_claiming(weed_store, tmp_path) -> None:
     assert w.state.value == "maintenance"
     with pytest.raises(Exception, match="no such key"):
         weed_store.get(mailbox.layout.claim(future.job_id))
+
+
+def test_a_busy_worker_backs_off_its_polls_and_wakes_when_a_job_ends(weed_store, tmp_path) -> None:
+    """While a long job runs and nothing new comes, the queue polls back off to poll_max (as
+    an idle worker's do); the loop still wakes the moment the job ends."""
+    from edge_mailbox.worker.runners import RunnerPool
+    from edge_mailbox.worker.worker import RunningJob
+
+    w = worker(weed_store, "busy", tmp_path)
+    w.settings = dataclasses.replace(w.settings, poll_min=0.02, poll_max=1.0)
+    w.poll_grace = 0.0
+    w.runners = RunnerPool(lambda spec: time.sleep(spec["sleep"]) or 0)
+    job = manifest("q", 1, time.time())
+    started = time.time()
+    handle = w.runners.start({"sleep": 5})
+    w.running[job.job_id] = RunningJob(job, handle, started, tmp_path / "stats.json")
+    try:
+        while job.job_id in w.running:
+            w._loop_once()
+            assert time.time() - started < 30, "the job was not reaped"
+        gets = w.mailbox.store.counter.snapshot()["GET"]
+    finally:
+        w.runners.close()
+    result = Mailbox(weed_store).read_result(job.job_id, KeyRing([w.settings.key.public]))
+    assert 5 <= result.model.finished_at - started < 5.5  # reaped as it ended
+    # Backing off from 0.02 s to 1 s: about 12 marker polls in 5 s (a fixed 0.2 s: 25)
+    assert gets <= 16, gets

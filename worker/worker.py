@@ -46,7 +46,6 @@ from edge_mailbox.worker.settings import WorkerSettings
 
 log = logging.getLogger("edge_mailbox.worker")
 KILL_GRACE_SECONDS = 10.0
-POLL_GRACE_SECONDS = 2.0  # queue polls stay at poll_min this long after a claim or a job end
 
 
 def major(version: str) -> str:
@@ -94,6 +93,7 @@ class Worker:
     interval: float = 0.1  # between queue polls: poll_min after activity, up to poll_max
     next_poll: float = 0.0
     last_activity: float = 0.0
+    poll_grace: float = 2.0  # queue polls stay at poll_min this long after a claim or job end
     last_heartbeat: float = 0.0
     last_state: WorkerState | None = None  # in the last heartbeat
     status_state: WorkerState | None = None  # in the local status file
@@ -173,7 +173,7 @@ class Worker:
 
     def _loop_once(self) -> None:
         """One turn: reap and report jobs (the loop wakes as soon as one ends), and poll the
-        queues when due. Polling is fast for ``POLL_GRACE_SECONDS`` after activity (a claim,
+        queues when due. Polling is fast for ``poll_grace`` seconds after activity (a claim,
         a finished job: in a chain of tasks the next one comes a second later) and backs off
         to ``poll_max`` without it, also while long tasks run: a busy worker with free slots
         costs as little as an idle one once nothing new comes."""
@@ -190,7 +190,7 @@ class Worker:
                 activity |= self._poll_queues()
                 if activity:
                     self.last_activity = now
-                fresh = now - self.last_activity < POLL_GRACE_SECONDS
+                fresh = now - self.last_activity < self.poll_grace
                 self.interval = (
                     self.settings.poll_min
                     if fresh
