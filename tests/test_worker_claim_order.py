@@ -113,3 +113,29 @@ def test_a_busy_worker_backs_off_its_polls_and_wakes_when_a_job_ends(weed_store,
     assert 5 <= result.model.finished_at - started < 5.5  # reaped as it ended
     # Backing off from 0.02 s to 1 s: about 12 marker polls in 5 s (a fixed 0.2 s: 25)
     assert gets <= 16, gets
+
+
+@pytest.mark.parametrize("why", ["no free slot", "maintenance"])
+def test_a_worker_that_cannot_take_jobs_does_not_spin(weed_store, tmp_path, why) -> None:
+    """All slots taken, or in maintenance: no queue polls, and the loop still sleeps (a turn
+    a second at most, and at once when the job ends) instead of spinning."""
+    from edge_mailbox.worker.runners import RunnerPool
+    from edge_mailbox.worker.worker import RunningJob
+
+    w = worker(weed_store, "full", tmp_path)
+    w.maintenance = why == "maintenance"
+    w.runners = RunnerPool(lambda spec: time.sleep(spec["sleep"]) or 0)
+    job = manifest("q", 1, time.time()).model_copy(update={"pool_slots": 4})
+    handle = w.runners.start({"sleep": 3})
+    w.running[job.job_id] = RunningJob(job, handle, time.time(), tmp_path / "stats.json")
+    turns, started = 0, time.monotonic()
+    try:
+        while job.job_id in w.running:
+            polls_while_running = w.mailbox.store.counter.snapshot()["GET"]
+            w._loop_once()
+            turns += 1
+            assert time.monotonic() - started < 30, "the job was not reaped"
+    finally:
+        w.runners.close()
+    assert turns <= 8, turns  # about one a second; a spinning loop: thousands
+    assert polls_while_running == 0  # (the turn that reaps the job polls: a slot is free)

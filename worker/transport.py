@@ -10,7 +10,8 @@ state (PATCH .../state). The Task SDK does not use their answers, so the transpo
 them itself (202) as soon as the request is in the bucket, without answer polls;
 the reconciler replays a job's calls in the order of their ids (which increase within a
 job) and the terminal state before it reports the job's result. That takes two of a
-trivial task's three relay round trips off its critical path, and seven requests off its bill.
+trivial task's three relay round trips off its critical path, and seven requests off the
+worker's bill.
 """
 
 from __future__ import annotations

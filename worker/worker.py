@@ -185,7 +185,8 @@ class Worker:
                 job.shipper.tick(now)  # never raises: an outage only delays the chunks
         self._cleanup_logs_if_due()
         self._enforce_drain_timeout()
-        if self.accepting and self.free_slots > 0 and (activity or now >= self.next_poll):
+        can_poll = self.accepting and self.free_slots > 0
+        if can_poll and (activity or now >= self.next_poll):
             try:
                 activity |= self._poll_queues()
                 if activity:
@@ -200,6 +201,8 @@ class Worker:
                 log.warning("bucket unavailable (%s); backing off", exc)
                 self.interval = min(max(self.interval, 1.0) * 2, 30.0)
             self.next_poll = time.monotonic() + self.interval
+        elif not can_poll:  # no poll due: still a turn a second (control file, drain, logs)
+            self.next_poll = max(self.next_poll, time.monotonic() + 1.0)
         self._report_pending()
         self.runners.retire_idle()
         self._heartbeat_if_due()
