@@ -42,8 +42,6 @@ class DirectObjects:
     def __init__(
         self, client: Any, bucket: str, credentials: Credentials | None, user_agent: str
     ) -> None:
-        self.client = client
-        self.bucket = bucket
         self.credentials = credentials
         self.region = client.meta.region_name or "us-east-1"
         self.events = client.meta.events
