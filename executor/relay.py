@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+from urllib.parse import parse_qs
 
 import httpx
 
@@ -55,14 +57,58 @@ ALLOWED_ROUTES: tuple[tuple[frozenset[str], str], ...] = tuple(
 )
 
 
-def route_allowed(method: str, path: str, ti_id: str) -> bool:
-    """Is ``method path`` (relative to the Execution API root) a route this job may call?"""
-    if ".." in path.split("/") or path.startswith("/"):
+# What a path may not hold: percent-escapes (the Execution API would decode them into
+# slashes, dots or a query), a query or fragment, a backslash (read as a slash by some
+# servers) and control characters. The worker sends the decoded path; a task's legitimate
+# ids and keys have none of these.
+_UNSAFE_PATH = re.compile(r"[%?#\\\x00-\x1f\x7f]")
+_XCOM_WRITE = re.compile(rf"xcoms/({_SEG})/({_SEG})/({_SEG})/{_SEG}")
+
+
+@runtime_checkable
+class TaskKey(Protocol):
+    """The job's task instance, as Airflow's ``TaskInstanceKey`` names it."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+
+
+def route_allowed(
+    method: str, path: str, ti_id: str, *, task: object | None = None, query: str = ""
+) -> bool:
+    """Is ``method path?query`` (relative to the Execution API root) a call this job may make?
+
+    ``task`` is the job's task-instance key: XCom writes (``POST``, ``DELETE``; the Task
+    SDK's ``XCom.set`` and the clearing of ``xcom_keys_to_clear``) must name its dag, run,
+    task and map index, since the Execution API lets any task write any XCom. A key without
+    them (a callback's) writes none; ``None`` (a caller that does not pass the key) leaves
+    XCom writes unchecked.
+    """
+    if _UNSAFE_PATH.search(path) or "#" in query:
+        return False
+    if any(segment in ("", ".", "..") for segment in path.split("/")):
+        return False  # also a leading slash, which would leave the API root
+    xcom_write = method in ("POST", "DELETE") and path.startswith("xcoms/")
+    if xcom_write and task is not None and not _own_xcom(path, query, task):
         return False
     for methods, pattern in ALLOWED_ROUTES:
         if method in methods and re.fullmatch(pattern.replace("{ti}", re.escape(ti_id)), path):
             return True
     return False
+
+
+def _own_xcom(path: str, query: str, task: object) -> bool:
+    """Does an XCom write name the job's own task instance (and its map index, which the Task
+    SDK sends only for a mapped task)?"""
+    match = _XCOM_WRITE.fullmatch(path)
+    if match is None or not isinstance(task, TaskKey):
+        return False
+    if match.groups() != (task.dag_id, task.run_id, task.task_id):
+        return False
+    map_indexes = parse_qs(query, keep_blank_values=True).get("map_index", [str(-1)])
+    return all(value == str(task.map_index) for value in map_indexes)
 
 
 def is_run_call(call: RelayCall, ti_id: str) -> bool:
