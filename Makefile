@@ -34,3 +34,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .demo
+
+# Airflow's example DAGs under LocalExecutor and MailboxExecutor, compared (tests/conformance);
+# ONLY=a.py,b.py runs a few. The table goes to .demo/conformance/conformance.md.
+.PHONY: conformance
+conformance: $(STAMP)
+	CONFORMANCE_ONLY=$(ONLY) CONFORMANCE_REPORT=.demo/conformance $(BIN)/pytest -q -s tests/test_e2e_conformance.py
