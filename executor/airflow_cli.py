@@ -44,6 +44,7 @@ def _context() -> tuple[Any, Any]:
     from airflow.executors.base_executor import get_execution_api_server_url
 
     from edge_mailbox.executor.settings import EdgeMailboxConfigError, load_settings
+    from edge_mailbox.mailbox.credentials import MissingCredentials, credentials_required
     from edge_mailbox.mailbox.protocol import Mailbox
     from edge_mailbox.mailbox.store import ObjectStore
 
@@ -51,7 +52,11 @@ def _context() -> tuple[Any, Any]:
         settings = load_settings(conf, get_execution_api_server_url())
     except EdgeMailboxConfigError as exc:
         raise SystemExit(f"configuration: {exc}") from None
-    return settings, Mailbox(ObjectStore(settings.store))
+    try:
+        with credentials_required(settings.store.bucket):
+            return settings, Mailbox(ObjectStore(settings.store))
+    except MissingCredentials as exc:
+        raise SystemExit(f"credentials: {exc}") from None
 
 
 def _print(rows: list[Any], output: str) -> None:

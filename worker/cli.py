@@ -42,6 +42,7 @@ def _run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from edge_mailbox.mailbox.credentials import MissingCredentials, credentials_required
     from edge_mailbox.worker.settings import WorkerConfigError, resolve
     from edge_mailbox.worker.worker import Worker, check_airflow_config
 
@@ -50,10 +51,12 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         settings = resolve(args, conf)
-    except WorkerConfigError as exc:
+        with credentials_required(settings.store.bucket):
+            worker = Worker(settings, base_log_folder, bundles, run_dir=_run_dir(args))
+    except (WorkerConfigError, MissingCredentials) as exc:
         print(f"edge-mailbox-worker: {exc}", file=sys.stderr)
         return 2
-    return Worker(settings, base_log_folder, bundles, run_dir=_run_dir(args)).run()
+    return worker.run()
 
 
 def _worker_name(args: argparse.Namespace) -> str:
