@@ -12,6 +12,7 @@ from typing import Generic, TypeVar
 from edge_mailbox.mailbox.errors import ProtocolError
 from edge_mailbox.mailbox.models import WireModel
 from edge_mailbox.signer import KeyRing, SigningKey, sign_claims, verify_claims
+from edge_mailbox.signer.envelope import MAX_TOKEN_BYTES
 
 M = TypeVar("M", bound=WireModel)
 
@@ -26,6 +27,20 @@ class Signed(Generic[M]):
     expires_at: float
 
 
+class TooLarge(ProtocolError):
+    """A signed object over its kind's limit: refused before it is uploaded or downloaded."""
+
+    def __init__(self, kind: str, size: int, limit: int, *, key: str | None = None) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(f"{kind}: {size} bytes signed, over the limit of {limit} bytes", key=key)
+
+
+def signed_limit(cls: type[WireModel]) -> int:
+    """The largest signed object of a kind: twice its MAX_BYTES (base64 and the envelope),
+    never more than the envelope's own limit, which every reader enforces."""
+    return min(2 * cls.MAX_BYTES, MAX_TOKEN_BYTES)
+
+
 def binding(bucket: str, prefix: str, **ids: str) -> dict[str, str]:
     return {"bucket": bucket, "prefix": prefix.strip("/"), **ids}
 
@@ -34,8 +49,8 @@ def encode_signed(model: WireModel, key: SigningKey, *, bind: dict[str, str], tt
     token = sign_claims(
         model.model_dump(mode="json"), key, typ=model.KIND, bind=bind, ttl=ttl
     ).encode("ascii")
-    if len(token) > model.MAX_BYTES * 2:
-        raise ProtocolError(f"{model.KIND}: signed object of {len(token)} bytes is over the limit")
+    if len(token) > signed_limit(type(model)):
+        raise TooLarge(model.KIND, len(token), signed_limit(type(model)))
     return token
 
 
@@ -49,8 +64,7 @@ def decode_signed(
     now: float | None = None,
 ) -> Signed[M]:
     """Verify then parse. Raises VerificationError (with a reason) or ProtocolError."""
-    # base64 inflates by 4/3; the envelope adds a little. Refuse anything far larger unread.
-    if len(raw) > cls.MAX_BYTES * 2:
-        raise ProtocolError(f"{cls.KIND}: {len(raw)} bytes is over the limit", key=key)
+    if len(raw) > signed_limit(cls):
+        raise TooLarge(cls.KIND, len(raw), signed_limit(cls), key=key)
     claims = verify_claims(raw, keyring, typ=cls.KIND, bind=bind, now=now)
     return Signed(cls.from_dict(dict(claims.body), key=key), claims.kid, claims.iat, claims.exp)

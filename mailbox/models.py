@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_mailbox.mailbox.errors import ProtocolError
 from edge_mailbox.mailbox.layout import MAX_QUEUE_NAME, MAX_WORKER_NAME
+from edge_mailbox.signer.envelope import MAX_TOKEN_BYTES
 
 M = TypeVar("M", bound="WireModel")
 _VERSION = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
@@ -157,11 +158,21 @@ class Claim(WireModel):
     manifest: str = Field(min_length=1, max_length=600 * KiB)
 
 
+# The largest HTTP body a relayed call or answer carries. The body is base64url'd into the
+# RelayCall, the sealed call into the RelayRequest and that into the signed envelope, which
+# may not exceed MAX_TOKEN_BYTES: 64/27 of the body, with room left for path, query, headers.
+MAX_RELAY_BODY = MAX_TOKEN_BYTES * 27 // 64 - 64 * KiB
+# A signed object may be twice its kind's MAX_BYTES (codec.py): the relay's kinds are set so
+# that this is the envelope's own limit, and their plaintexts to what fits sealed inside.
+_RELAY_SIGNED_BYTES = MAX_TOKEN_BYTES // 2
+_RELAY_PLAIN_BYTES = MAX_TOKEN_BYTES * 9 // 16
+
+
 class RelayCall(WireModel):
     """Plaintext of a relay request: one Execution API call. Travels only sealed."""
 
     KIND = "relay-call"
-    MAX_BYTES = 32 * 1024 * KiB
+    MAX_BYTES = _RELAY_PLAIN_BYTES
 
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
     path: str = Field(min_length=1, max_length=8192)
@@ -174,7 +185,7 @@ class RelayAnswer(WireModel):
     """Plaintext of a relay response. Travels only sealed; never holds a token."""
 
     KIND = "relay-answer"
-    MAX_BYTES = 32 * 1024 * KiB
+    MAX_BYTES = _RELAY_PLAIN_BYTES
 
     status: int = Field(ge=100, le=599)
     headers: dict[str, str] = Field(default_factory=dict)
@@ -191,7 +202,7 @@ class RelayRequest(WireModel):
 
     KIND = "relay-request"
     SCHEMA_MINOR = 1
-    MAX_BYTES = 48 * 1024 * KiB
+    MAX_BYTES = _RELAY_SIGNED_BYTES
 
     job_id: str = Field(pattern=JOB_ID)
     request_id: str = Field(pattern=JOB_ID)
@@ -204,7 +215,7 @@ class RelayResponse(WireModel):
     """The scheduler side's answer, sealed to the claiming worker's per-job key."""
 
     KIND = "relay-response"
-    MAX_BYTES = 48 * 1024 * KiB
+    MAX_BYTES = _RELAY_SIGNED_BYTES
 
     job_id: str = Field(pattern=JOB_ID)
     request_id: str = Field(pattern=JOB_ID)

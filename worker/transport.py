@@ -21,14 +21,16 @@ import time
 
 import httpx
 
+from edge_mailbox.mailbox.codec import TooLarge
 from edge_mailbox.mailbox.errors import NotFound, ProtocolError, StoreError
 from edge_mailbox.mailbox.layout import new_id
-from edge_mailbox.mailbox.models import RelayAnswer, RelayCall
+from edge_mailbox.mailbox.models import MAX_RELAY_BODY, RelayAnswer, RelayCall
 from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.mailbox.relaycodec import (
     REQUEST_HEADERS,
     decode_body,
     encode_body,
+    error_answer,
     open_answer,
     pick,
     seal_call,
@@ -99,6 +101,16 @@ class RelayTransport(httpx.BaseTransport):
             self.quiet_until = 0.0
             self.heartbeats_skipped += 1
             return httpx.Response(204, request=request)
+        body = request.read()
+        if len(body) > MAX_RELAY_BODY:
+            # Refused here, at once: the bucket's readers would refuse it after the upload,
+            # and the task would learn only when its wait for the answer ran out.
+            return self._refuse(
+                request,
+                f"{request.method} {path[len(base) :]}: a body of {len(body)} bytes is over "
+                f"edge-mailbox's relay limit of {MAX_RELAY_BODY} bytes "
+                f"({MAX_RELAY_BODY / 2**20:.2f} MiB); keep large data out of XComs and Variables",
+            )
         request_id = self._next_request_id()
         awaited = not written_behind(request.method, path[len(base) :])
         call = RelayCall(
@@ -106,7 +118,7 @@ class RelayTransport(httpx.BaseTransport):
             path=path[len(base) :],
             query=request.url.query.decode(),
             headers=pick(dict(request.headers), REQUEST_HEADERS),
-            body=encode_body(request.read()),
+            body=encode_body(body),
         )
         sealed = seal_call(
             call,
@@ -117,7 +129,10 @@ class RelayTransport(httpx.BaseTransport):
             awaited=awaited,
         )
         give_up = started + self.deadline
-        self._retry_until(give_up, lambda: self.mailbox.put_request(sealed, self.worker_key))
+        try:
+            self._retry_until(give_up, lambda: self.mailbox.put_request(sealed, self.worker_key))
+        except TooLarge as exc:  # a body within the limit, but long headers: signed, too large
+            return self._refuse(request, f"{request.method} {path[len(base) :]}: {exc}")
         # A terminal state rings at once: Airflow schedules the downstream tasks from it, and
         # the job's result comes only after the supervisor's exit. Rendered fields need no
         # ring: the job's next call, or its result, rings in a moment.
@@ -143,6 +158,14 @@ class RelayTransport(httpx.BaseTransport):
         self.expected_wait = _clamp(
             0.5 * self.expected_wait + 0.5 * min(wait, 2 * self.expected_wait)
         )
+        return httpx.Response(
+            answer.status, headers=answer.headers, content=decode_body(answer.body), request=request
+        )
+
+    def _refuse(self, request: httpx.Request, detail: str) -> httpx.Response:
+        """Answer 413 without the bucket, shaped as the relay's own errors for the Task SDK."""
+        log.error("relay: %s", detail)
+        answer = error_answer(413, detail)
         return httpx.Response(
             answer.status, headers=answer.headers, content=decode_body(answer.body), request=request
         )
