@@ -2,8 +2,8 @@
 
 A relayed call is a RelayCall (method, path relative to the Execution API root, query,
 headers, body) sealed to the scheduler side's per-job key; the answer is a RelayAnswer
-sealed to the claiming worker's per-job key. Only a fixed set of headers crosses: never
-Authorization, never Refreshed-API-Token.
+sealed to the claiming worker's per-job key. Only the headers the Task SDK writes or reads
+cross: never Authorization, never Refreshed-API-Token.
 """
 
 from __future__ import annotations
@@ -15,15 +15,42 @@ from edge_mailbox.mailbox.models import RelayAnswer, RelayCall, RelayRequest, Re
 from edge_mailbox.signer import SealKey, open_sealed, seal
 from edge_mailbox.signer.keys import b64url, b64url_decode
 
-# Headers a relayed request may carry to the Execution API, and an answer back.
+# The headers that cross are the ones the Task SDK's client (airflow/sdk/api/client.py) uses,
+# each listed with where; tests/test_relay_headers.py scans the installed SDK and fails when
+# it writes or reads one that is not here. Anything else is dropped: an answer missing a
+# header the SDK reads breaks the task (len() of a mapped task's output needs Content-Range).
+
+# What the SDK writes on a request, carried to the Execution API.
 REQUEST_HEADERS = frozenset(
-    {"content-type", "accept", "airflow-api-version", "correlation-id", "traceparent", "user-agent"}
+    {
+        "airflow-api-version",  # Client's default headers: Cadwyn picks the API version by it
+        "content-type",  # Client.request, on a call with a body
+        "correlation-id",  # add_correlation_id: the server logs it and echoes it back
+        "traceparent",  # inject_trace_context (W3C trace context): the server continues
+        "tracestate",  # the task's trace
+        "user-agent",  # Client's default headers
+    }
 )
-RESPONSE_HEADERS = frozenset({"content-type", "airflow-api-version", "retry-after"})
+# What the SDK reads from a response, carried back to the task.
+RESPONSE_HEADERS = frozenset(
+    {
+        "content-type",  # ServerResponseError.from_response: an error's JSON detail
+        "content-range",  # XComOperations.head: "map_indexes N", len() of a mapped output
+        "correlation-id",  # raise_on_4xx_5xx_with_note: the note on an error
+    }
+)
+# Never cross, whatever the lists above say: the task's token stays on the scheduler side
+# (the worker's is a placeholder; the relay adds the job's own and keeps a refreshed one).
+TOKEN_HEADERS = frozenset({"authorization", "refreshed-api-token"})
 
 
 def pick(headers: dict[str, str], allowed: frozenset[str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items() if k.lower() in allowed}
+    """The headers in ``allowed`` (lower-cased), never a token header."""
+    return {
+        k.lower(): v
+        for k, v in headers.items()
+        if k.lower() in allowed and k.lower() not in TOKEN_HEADERS
+    }
 
 
 def seal_call(
