@@ -9,7 +9,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
+import secrets
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_mailbox.signer.errors import KeyFileError
+
+log = logging.getLogger(__name__)
 
 
 def b64url(data: bytes) -> str:
@@ -140,19 +145,76 @@ class SigningKey:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> SigningKey:
-        return cls.from_pem(_read(path), str(path))
+        key = cls.from_pem(_read(path), str(path))
+        _warn_if_readable(Path(path))
+        return key
 
     def write(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the private key (mode 0600) and its public half beside it as ``.pub``."""
+        """Write the private key (mode 0600) and its public half beside it as ``.pub``.
+
+        Never through a symlink, and never by rewriting an existing file in place: with
+        ``overwrite`` a new file is renamed over the old one (which keeps neither its mode
+        nor its owner; a symlink is replaced, the file it pointed to untouched). Without
+        it an existing path, a dangling symlink too, is refused."""
         target = Path(path)
-        if target.exists() and not overwrite:
-            raise KeyFileError(f"{target}: exists; refusing to overwrite a key")
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.to_pem())
-        target.with_suffix(target.suffix + ".pub").write_text(self.public.to_pem())
+        _write_file(target, self.to_pem().encode(), 0o600, overwrite=overwrite)
+        public = target.with_suffix(target.suffix + ".pub")
+        _write_file(public, self.public.to_pem().encode(), 0o644, overwrite=True)
         return target
+
+
+def _write_file(target: Path, data: bytes, mode: int, *, overwrite: bool) -> None:
+    """Without ``overwrite``, create ``target`` itself, only where nothing is. With it, create
+    a fresh file beside it and rename that into place, replacing whatever is there (a file,
+    or a symlink: the link goes, what it pointed to stays as it was)."""
+    if not overwrite:
+        _create(target, data, mode)
+        return
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    _create(temporary, data, mode)
+    try:
+        os.replace(temporary, target)
+    except OSError as exc:
+        os.unlink(temporary)
+        raise KeyFileError(f"{target}: cannot write key file ({exc.strerror})") from None
+
+
+def _create(path: Path, data: bytes, mode: int) -> None:
+    """A new file holding ``data`` with exactly ``mode`` from its first byte: O_EXCL |
+    O_NOFOLLOW, so never an existing file and never through a symlink, dangling or not."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        raise KeyFileError(f"{path}: exists; refusing to overwrite a key (--force)") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot write key file ({exc.strerror})") from None
+    try:
+        os.fchmod(fd, mode)  # exactly ``mode``: the umask may have narrowed it
+        os.write(fd, data)
+        os.fsync(fd)
+    except OSError as exc:
+        os.unlink(path)
+        raise KeyFileError(f"{path}: cannot write key file ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def _warn_if_readable(path: Path) -> None:
+    """A private key that group or others may read (or write) is as good as shared."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # read a moment ago: a file that vanished since has nothing to warn about
+    if mode & 0o077:
+        log.warning(
+            "edge-mailbox: private key %s is accessible by group or others (mode %o); "
+            "restrict it: chmod 600 %s",
+            path,
+            mode,
+            path,
+        )
 
 
 def _read(path: str | os.PathLike[str]) -> bytes:
