@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 log = logging.getLogger(__name__)
+MAX_TIMING_SECONDS = 30 * 86400.0
 
 try:  # the same module Airflow's BaseExecutor reports through
     from airflow._shared.observability.metrics import stats as _stats
@@ -36,7 +37,11 @@ def gauge(name: str, value: float, **tags: str) -> None:
 
 
 def timing(name: str, seconds: float, **tags: str) -> None:
-    _safe("timing", f"edge_mailbox.{name}", timedelta(seconds=max(seconds, 0.0)), tags=tags or None)
+    try:  # a time computed from a bucket object: never trust it to fit a timedelta
+        elapsed = timedelta(seconds=min(max(seconds, 0.0), MAX_TIMING_SECONDS))
+    except (OverflowError, ValueError, TypeError):
+        return
+    _safe("timing", f"edge_mailbox.{name}", elapsed, tags=tags or None)
 
 
 def incr(name: str, **tags: str) -> None:

@@ -12,24 +12,28 @@ from __future__ import annotations
 import enum
 import json
 import re
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_mailbox.mailbox.errors import ProtocolError
 from edge_mailbox.mailbox.layout import MAX_QUEUE_NAME, MAX_WORKER_NAME
+from edge_mailbox.signer import strictjson
 from edge_mailbox.signer.envelope import MAX_TOKEN_BYTES
 
 M = TypeVar("M", bound="WireModel")
 _VERSION = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
 JOB_ID = r"^[0-9a-f]{28}$"
 KiB = 1024
+# Seconds since 1970, finite and before the year 5138: arithmetic on a signed time (an
+# elapsed time, a timedelta for a metric) can never overflow.
+Timestamp = Annotated[float, Field(ge=0, le=1e11)]
 
 
 class WireModel(BaseModel):
     """Base of every object kind: versioned, strict, size-limited."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     KIND: ClassVar[str]
     SCHEMA_MAJOR: ClassVar[int] = 1
@@ -75,7 +79,7 @@ class WireModel(BaseModel):
         if size > cls.MAX_BYTES:
             raise ProtocolError(f"{cls.KIND}: {size} bytes, limit {cls.MAX_BYTES}", key=key)
         try:
-            data = json.loads(raw)
+            data = strictjson.loads(raw)
         except ValueError as exc:
             raise ProtocolError(f"{cls.KIND}: not JSON ({exc})", key=key) from None
         return cls.from_dict(data, key=key)
@@ -96,7 +100,7 @@ class JobManifest(WireModel):
 
     job_id: str = Field(pattern=JOB_ID)
     queue: str = Field(min_length=1, max_length=MAX_QUEUE_NAME)
-    enqueued_at: float
+    enqueued_at: Timestamp
     ti: dict[str, Any] = Field(default_factory=dict)
     callback: dict[str, Any] | None = None
     dag_rel_path: str = Field(min_length=1, max_length=4096)
@@ -133,7 +137,7 @@ class ChangeMarker(WireModel):
     MAX_BYTES = 4 * KiB
 
     scope: str = Field(min_length=1, max_length=MAX_QUEUE_NAME)
-    updated_at: float
+    updated_at: Timestamp
     nonce: str = Field(min_length=8, max_length=64)
 
 
@@ -152,7 +156,7 @@ class Claim(WireModel):
     queue: str = Field(min_length=1, max_length=MAX_QUEUE_NAME)
     worker: str = Field(min_length=1, max_length=MAX_WORKER_NAME)
     seal_key: str = Field(min_length=43, max_length=43, description="worker's per-job X25519")
-    claimed_at: float
+    claimed_at: Timestamp
     nonce: str = Field(min_length=8, max_length=64)
     worker_version: str = Field(max_length=64)
     manifest: str = Field(min_length=1, max_length=600 * KiB)
@@ -206,7 +210,7 @@ class RelayRequest(WireModel):
 
     job_id: str = Field(pattern=JOB_ID)
     request_id: str = Field(pattern=JOB_ID)
-    sent_at: float
+    sent_at: Timestamp
     sealed: str
     awaited: bool = True
 
@@ -219,7 +223,7 @@ class RelayResponse(WireModel):
 
     job_id: str = Field(pattern=JOB_ID)
     request_id: str = Field(pattern=JOB_ID)
-    answered_at: float
+    answered_at: Timestamp
     sealed: str
 
 
@@ -238,8 +242,8 @@ class JobResult(WireModel):
     worker: str = Field(min_length=1, max_length=MAX_WORKER_NAME)
     state: JobState = Field(strict=False)
     exit_code: int | None = None
-    started_at: float
-    finished_at: float
+    started_at: Timestamp
+    finished_at: Timestamp
     message: str = Field(default="", max_length=4096)
     log_chunks: int = Field(default=0, ge=0)
 
@@ -269,7 +273,7 @@ class Heartbeat(WireModel):
     version: str = Field(max_length=64)
     maintenance_comment: str = Field(default="", max_length=1024)
     metrics: dict[str, float] = Field(default_factory=dict)
-    sent_at: float
+    sent_at: Timestamp
 
 
 class WorkerCommand(WireModel):
@@ -283,7 +287,7 @@ class WorkerCommand(WireModel):
     maintenance: bool = False
     comment: str = Field(default="", max_length=1024)
     shutdown: bool = False
-    issued_at: float
+    issued_at: Timestamp
 
 
 class Revocation(WireModel):
@@ -294,7 +298,21 @@ class Revocation(WireModel):
 
     job_id: str = Field(pattern=JOB_ID)
     reason: str = Field(max_length=1024)
-    revoked_at: float
+    revoked_at: Timestamp
+
+
+class LogChunk(WireModel):
+    """A piece of a task's log: sealed to the scheduler side's per-job key (the manifest's
+    ``seal_key``) and signed by the worker that holds the job's claim. Its binding names the
+    place (job, ``seq`` and the task-instance try), so a chunk moved elsewhere is refused;
+    the signature, checked against the claim's, keeps other bucket writers out of the log."""
+
+    KIND = "log-chunk"
+    MAX_BYTES = 4 * 1024 * KiB
+
+    job_id: str = Field(pattern=JOB_ID)
+    seq: int = Field(ge=0)
+    sealed: str = Field(min_length=1, description="base64url HPKE of the log's bytes")
 
 
 ALL_KINDS: tuple[type[WireModel], ...] = (
@@ -309,4 +327,5 @@ ALL_KINDS: tuple[type[WireModel], ...] = (
     Heartbeat,
     WorkerCommand,
     Revocation,
+    LogChunk,
 )

@@ -21,11 +21,13 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
+from edge_mailbox.signer import strictjson
 from edge_mailbox.signer.errors import Reason, VerificationError
 from edge_mailbox.signer.keys import KeyRing, SigningKey, b64url, b64url_decode
 
 MAX_TOKEN_BYTES = 4 * 1024 * 1024
 DEFAULT_LEEWAY_SECONDS = 60.0
+MAX_TIMESTAMP = 1e11  # the year 5138: later is a forgery or a bug
 CONTENT_TYPE = "application/jose"
 
 
@@ -63,9 +65,9 @@ def verify(token: str | bytes, keyring: KeyRing) -> Verified:
     except ValueError as exc:
         raise VerificationError(Reason.MALFORMED, str(exc)) from None
     try:
-        header = json.loads(header_bytes)
-    except ValueError:
-        raise VerificationError(Reason.MALFORMED, "header is not JSON") from None
+        header = strictjson.loads(header_bytes)
+    except ValueError as exc:
+        raise VerificationError(Reason.MALFORMED, f"header is not JSON ({exc})") from None
     if not isinstance(header, dict):
         raise VerificationError(Reason.MALFORMED, "header is not a JSON object")
     if header.get("alg") != "EdDSA":
@@ -83,6 +85,15 @@ def verify(token: str | bytes, keyring: KeyRing) -> Verified:
     except InvalidSignature:
         raise VerificationError(Reason.BAD_SIGNATURE, f"key {kid}") from None
     return Verified(kid=kid, header=header, payload=payload)
+
+
+def _is_time(value: Any) -> bool:
+    """A finite, plausible timestamp: arithmetic on it (``exp + leeway``) cannot fail."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_TIMESTAMP
+    )
 
 
 @dataclass(frozen=True)
@@ -133,17 +144,17 @@ def verify_claims(
     """Verify signature, type, validity window and every expected binding field."""
     verified = verify(token, keyring)
     try:
-        claims = json.loads(verified.payload)
-    except ValueError:
-        raise VerificationError(Reason.MALFORMED, "payload is not JSON") from None
+        claims = strictjson.loads(verified.payload)
+    except ValueError as exc:
+        raise VerificationError(Reason.MALFORMED, f"payload is not JSON ({exc})") from None
     if not isinstance(claims, dict):
         raise VerificationError(Reason.MALFORMED, "payload is not a JSON object")
     got_typ, iat, exp = claims.get("typ"), claims.get("iat"), claims.get("exp")
     got_bind, body = claims.get("bind"), claims.get("body")
     if not isinstance(got_typ, str):
         raise VerificationError(Reason.MALFORMED, "no type")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (iat, exp)):
-        raise VerificationError(Reason.MALFORMED, "iat/exp must be numbers")
+    if not all(_is_time(v) for v in (iat, exp)):
+        raise VerificationError(Reason.MALFORMED, "iat/exp must be times in seconds since 1970")
     if not isinstance(got_bind, dict) or not isinstance(body, dict):
         raise VerificationError(Reason.MALFORMED, "bind and body must be JSON objects")
     if got_typ != typ:

@@ -32,9 +32,10 @@ from pathlib import Path
 
 from edge_mailbox import __version__
 from edge_mailbox.mailbox.config import RetryPolicy
-from edge_mailbox.mailbox.errors import AlreadyExists, ProtocolError, StoreError
+from edge_mailbox.mailbox.errors import AlreadyExists, NotFound, ProtocolError, StoreError
 from edge_mailbox.mailbox.models import Claim, JobManifest, JobResult, JobState, WorkerState
 from edge_mailbox.mailbox.protocol import Mailbox, nonce
+from edge_mailbox.mailbox.recent import RecentSet
 from edge_mailbox.mailbox.store import ObjectStore
 from edge_mailbox.signer import SealKey, VerificationError
 from edge_mailbox.worker.control import RunDir
@@ -46,6 +47,7 @@ from edge_mailbox.worker.settings import WorkerSettings
 
 log = logging.getLogger("edge_mailbox.worker")
 KILL_GRACE_SECONDS = 10.0
+SEEN_JOBS = 10_000
 
 
 def major(version: str) -> str:
@@ -81,7 +83,9 @@ class Worker:
     mailbox: Mailbox = field(init=False)
     running: dict[str, RunningJob] = field(default_factory=dict)
     pending: list[PendingReport] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
+    # Job ids looked at already (claimed, lost to another worker, or refused): skipped in
+    # later LISTs. Bounded: the scheduler side removes refused manifests from the queue.
+    seen: RecentSet[str] = field(default_factory=lambda: RecentSet(SEEN_JOBS))
     marker_etags: dict[str, str | None] = field(default_factory=dict)
     queues_etag: str | None = None
     rescan: set[str] = field(default_factory=set)
@@ -370,20 +374,16 @@ class Worker:
         claimed = False
         for index, (key, job_id) in enumerate(candidates):
             try:
-                raw, signed = self.mailbox.read_manifest(key, queue, self.settings.scheduler_keys)
-            except (VerificationError, ProtocolError) as exc:
-                log.warning("refusing manifest %s: %s", key, exc)
-                self.seen.add(job_id)
-                continue
-            manifest = signed.model
-            if not self._acceptable(job_id, manifest):
-                self.seen.add(job_id)
-                continue
-            if manifest.pool_slots > self.free_slots:
+                outcome = self._consider(queue, key, job_id)
+            except StoreError:
+                raise
+            except Exception as exc:  # one poisoned manifest never stops the worker
+                log.error("refusing manifest %s: %s: %s", key, type(exc).__name__, exc)
+                outcome = "seen"
+            if outcome == "wait":
                 self.rescan.add(queue)  # look again when slots free up
                 break
-            if self._claim(queue, raw, manifest):
-                claimed = True
+            claimed |= outcome == "claimed"
             self.seen.add(job_id)
             if self.free_slots <= 0 or not self.accepting:
                 if index < len(candidates) - 1:
@@ -393,6 +393,24 @@ class Worker:
             if truncated:
                 self.rescan.add(queue)
         return claimed
+
+    def _consider(self, queue: str, key: str, job_id: str) -> str:
+        """What became of one listed manifest: "claimed", "seen" (refused, taken by another
+        worker, gone) or "wait" (it needs more slots than are free now)."""
+        try:
+            raw, signed = self.mailbox.read_manifest(key, queue, self.settings.scheduler_keys)
+        except NotFound:  # another worker claimed it and the scheduler side removed it
+            log.debug("manifest %s is gone: another worker took it", key)
+            return "seen"
+        except (VerificationError, ProtocolError) as exc:
+            log.warning("refusing manifest %s: %s", key, exc)
+            return "seen"
+        manifest = signed.model
+        if not self._acceptable(job_id, manifest):
+            return "seen"
+        if manifest.pool_slots > self.free_slots:
+            return "wait"
+        return "claimed" if self._claim(queue, raw, manifest) else "seen"
 
     def _acceptable(self, job_id: str, manifest: JobManifest) -> bool:
         if major(manifest.scheduler_version) != major(__version__):
@@ -472,7 +490,9 @@ class Worker:
         shipper = None
         if manifest.log_path and manifest.ti:  # before the fork: skips what the file held
             log_file = self.base_log_folder / manifest.log_path
-            shipper = LogShipper(self.log_mailbox, manifest, log_file, skip_existing=True)
+            shipper = LogShipper(
+                self.log_mailbox, manifest, log_file, self.settings.key, skip_existing=True
+            )
         process = self.runners.start(spec)
         self.running[manifest.job_id] = RunningJob(
             manifest, process, time.time(), stats_path, shipper=shipper
