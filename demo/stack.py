@@ -398,7 +398,7 @@ class Stack:
         """Every claimed job has its result, and the inbox is empty (all of it was read)."""
         keys = [e.key for e in client.list_all(f"{self.prefix}/v1/")]
         claims = {k.rsplit("/", 1)[0] for k in keys if k.endswith("/claim.jws")}
-        results = {k.rsplit("/", 1)[0] for k in keys if k.endswith("/result.jws")}
+        results = {k.rsplit("/", 2)[0] for k in keys if "/results/" in k}
         inbox = [k for k in keys if "/v1/inbox/" in k]
         return bool(claims) and claims == results and not inbox
 

@@ -122,9 +122,10 @@ def jobs(mailbox: Mailbox, worker_keys: KeyRing, since_seconds: float) -> list[J
             task = _task_of(claim.manifest)
         if "revoked.jws" in names:
             state = "revoked"
-        if "result.jws" in names:
+        if claim and any(n.startswith("results/") for n in names):
             try:
-                state = mailbox.read_result(job_id, worker_keys).model.state.value
+                kid = mailbox.read_claim(job_id, worker_keys).kid
+                state = mailbox.read_result(job_id, kid, worker_keys).model.state.value
             except (VerificationError, ProtocolError, NotFound) as exc:
                 state = f"result unverified: {exc}"
         rows.append(JobRow(job_id, task, queue, state, worker, now - int(job_id[:12], 16) / 1000))
@@ -161,7 +162,7 @@ def sweep(mailbox: Mailbox, older_than: float, *, dry_run: bool = False) -> int:
                 doomed += folder
             current, folder, done = job_id, [], False
         folder.append(entry.key)
-        done |= entry.key.endswith(("/result.jws", "/revoked.jws"))
+        done |= mailbox.layout.is_result(entry.key) or entry.key.endswith("/revoked.jws")
     if done:
         doomed += folder
     if not dry_run and doomed:

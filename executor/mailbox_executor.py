@@ -74,7 +74,9 @@ class MailboxExecutor(BaseExecutor):
         store = ObjectStore(self.settings.store)
         self.mailbox = Mailbox(store)
         self._writer = ThreadPoolExecutor(8, thread_name_prefix="mailbox-enqueue")
-        self.reconciler = Reconciler(self.mailbox, self.settings, self._mint_token, self._events)
+        self.reconciler = Reconciler(
+            self.mailbox, self.settings, self._mint_token, self._events, _try_is_current
+        )
         self.reconciler.start()
         log.info(
             "MailboxExecutor started: bucket %s, prefix %s, %d trusted worker keys",
@@ -276,3 +278,30 @@ class MailboxExecutor(BaseExecutor):
         The sources are never empty: otherwise Airflow would ask the worker's log server on
         port 8793, which edge workers do not run and cannot be reached on."""
         return read_running_log(ti, try_number)
+
+
+def _try_is_current(ti_id: str, job_id: str) -> bool:
+    """Whether Airflow runs the task instance ``ti_id`` as job ``job_id`` now: queued or
+    running, with the job id as its external_executor_id. A job that fails this (its try is
+    over, or it was never this job's) is a replay, and the relay refuses it."""
+    from uuid import UUID
+
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    try:
+        ti_uuid = UUID(ti_id)
+    except ValueError:
+        return False
+    with create_session() as session:
+        row = session.execute(
+            select(TaskInstance.state, TaskInstance.external_executor_id).where(
+                TaskInstance.id == ti_uuid
+            )
+        ).one_or_none()
+    if row is None:
+        return False
+    state, external_id = row
+    live = (TaskInstanceState.QUEUED, TaskInstanceState.RUNNING, TaskInstanceState.RESTARTING)
+    return external_id == job_id and state in live

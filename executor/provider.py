@@ -103,9 +103,23 @@ CONFIG: dict[str, Any] = {
             "inbox_item_timeout": _option(
                 "How long (s) an inbox item this scheduler cannot act on is kept before it is "
                 "deleted: a claim or result notice of a job another scheduler queued (left "
-                "for that scheduler, or for the one that adopts its tasks), or an item signed "
-                "by a worker key not trusted yet (a worker enrolled a moment ago).",
+                "for that scheduler, or for the one that adopts its tasks). An item signed "
+                "by a worker key not trusted yet (a worker enrolled a moment ago) waits 300 s "
+                "at most.",
                 "3600",
+                type="float",
+            ),
+            "queue_sweep_interval": _option(
+                "How often (s) the front of each queue is checked for objects no worker may "
+                "run (unsigned, tampered, foreign or expired manifests, stray keys), which are "
+                "deleted: one LIST per queue.",
+                "300",
+                type="float",
+            ),
+            "relay_request_max_age": _option(
+                "A relay request sent longer ago than this (s) is refused unread: no call is "
+                "replayed late (a worker stops waiting for an answer after 900 s).",
+                "1200",
                 type="float",
             ),
             "worker_check_interval": _option(

@@ -23,10 +23,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from edge_mailbox.executor import metrics
 from edge_mailbox.executor.liveness import WorkerWatch
+from edge_mailbox.executor.queue_sweep import QueueSweeper
 from edge_mailbox.executor.relay import ExecutionApi, Replayed, is_run_call, route_allowed
 from edge_mailbox.executor.settings import (
     EdgeMailboxConfigError,
@@ -37,8 +39,9 @@ from edge_mailbox.mailbox.codec import Signed
 from edge_mailbox.mailbox.errors import AlreadyExists, NotFound, ProtocolError, StoreError
 from edge_mailbox.mailbox.layout import check_job_id, new_id
 from edge_mailbox.mailbox.models import Claim, JobManifest, JobState, RelayCall, Revocation
-from edge_mailbox.mailbox.protocol import Mailbox
-from edge_mailbox.mailbox.relaycodec import decode_body, error_answer, open_call, seal_answer
+from edge_mailbox.mailbox.protocol import Lease, Mailbox
+from edge_mailbox.mailbox.recent import RecentSet
+from edge_mailbox.mailbox.relaycodec import error_answer, open_call, seal_answer
 from edge_mailbox.signer import KeyRing, Reason, SealError, SealKey, VerificationError
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,14 @@ log = logging.getLogger(__name__)
 # to task-instance keys.
 Event = tuple[str, str, Any]
 TokenMinter = Callable[[str, str], str]  # (ti_id, scope) -> JWT
+# (ti_id, job_id) -> whether Airflow's database has that task instance queued or running as
+# that job: asked once for a job this scheduler did not queue (rebuilt from its claim).
+CurrentCheck = Callable[[str, str], bool]
+# A manifest's signature outlives its expiry by this leeway; a job's claim is kept (its
+# tombstone) until then, so a replayed manifest meets it.
+MANIFEST_LEEWAY = 60.0
+# A worker stamps both its claim and its requests: only rounding separates them.
+CLOCK_SLACK = 1.0
 # How long a reconciler may hold a relay request before another may take it over, as a
 # multiple of execution_api_timeout (a replay never takes longer than that): a scheduler that
 # died between taking a request and answering it delays that task by this much, no more.
@@ -55,6 +66,15 @@ RELAY_LEASE_MARGIN = 10.0
 # Polls of the inbox marker without a change after which the poll backs off (2 s at the
 # default poll_interval of 50 ms).
 QUIET_POLLS = 40
+# Pages of the inbox one poll reads at most (1,000 items each).
+INBOX_PAGES_PER_POLL = 3
+# How long an item signed by an unknown key waits for its key to be enrolled (key files are
+# read again every worker_check_interval) before it is deleted, unless inbox_item_timeout is
+# shorter.
+UNTRUSTED_GRACE = 300.0
+# Refused and parked inbox keys remembered (so each is logged once), the oldest forgotten.
+REMEMBERED_ITEMS = 10_000
+REMEMBERED_QUEUES = 1_000
 
 
 @dataclass
@@ -82,11 +102,17 @@ class Job:
     owned: bool = True
     check_result: bool = False  # adopted: its result may be in the bucket already
     seen_at: float = field(default_factory=time.time)
-    # Rebuilt from the bucket after a scheduler restart: answers given before it are not in
-    # memory, so a request is checked against the bucket before it is replayed.
+    # Rebuilt from the bucket after a scheduler restart: its answered requests were read
+    # from the bucket when it was rebuilt.
     rebuilt: bool = False
+    # Airflow's database says its try is over or was never this job's (a manifest replayed
+    # after its job ended): every claim, call and result of it is refused.
+    stale: bool = False
+    cleaned: bool = False  # its objects are gone but its claim, kept as its tombstone
     answered: set[str] = field(default_factory=set)
-    listed: set[str] = field(default_factory=set)  # requests seen once already
+    # The highest request id handled: ids increase within a job and its requests are
+    # replayed in id order, so a lower one is a replay of one handled before.
+    high_water: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -105,8 +131,10 @@ class Reconciler:
         settings: ExecutorSettings,
         mint_token: TokenMinter,
         events: queue.Queue[Event],
+        is_current: CurrentCheck | None = None,
     ) -> None:
         self.mailbox = mailbox
+        self.is_current = is_current
         self.settings = settings
         self.mint_token = mint_token
         self.events = events
@@ -135,15 +163,21 @@ class Reconciler:
             settings.worker_timeout,
             check_interval=settings.worker_check_interval,
         )
-        self.parked: set[str] = set()  # signed by a key not trusted (yet): kept, not acted on
+        # Signed by a key not trusted (yet): kept, not acted on, for UNTRUSTED_GRACE.
+        self.parked: RecentSet[str] = RecentSet(REMEMBERED_ITEMS)
         self.expired: set[str] = set()  # inbox items older than inbox_item_timeout, this LIST
+        self.untrusted: set[str] = set()  # older than UNTRUSTED_GRACE, this LIST
+        self.resume_after: str | None = None  # where the next LIST goes on, in a flood
         self.left: set[str] = set()  # notices left for the scheduler that owns their job
         # Request ids this reconciler replayed (recent ones): with several schedulers, each
         # id must appear in one reconciler's list only.
         self.relayed: deque[str] = deque(maxlen=100_000)
         self.last_watch = 0.0
+        self.sweeper = QueueSweeper(mailbox, self.scheduler_keys)
+        self.last_sweep = time.monotonic()
+        self.queues: RecentSet[str] = RecentSet(REMEMBERED_QUEUES)  # every queue seen
         self.keys_loaded_at = time.monotonic()
-        self.rejected: set[str] = set()
+        self.rejected: RecentSet[str] = RecentSet(REMEMBERED_ITEMS)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -162,6 +196,7 @@ class Reconciler:
         """A manifest was written: expect its claim soon, so poll fast."""
         with self.jobs_lock:
             self.jobs[job.job_id] = job
+            self.queues.add(job.queue)
         self.hurry = True
         self.wake.set()
 
@@ -272,10 +307,11 @@ class Reconciler:
         self.flush_deletions()  # what was handled must not be listed again
         items: list[tuple[str, str, str, str | None]] = []
         self.expired = set()
+        self.untrusted = set()
         self.left = set()
-        after = None
         now = time.time()
-        while True:
+        after = self.resume_after
+        for _ in range(INBOX_PAGES_PER_POLL):
             page = self.mailbox.list_inbox(start_after=after)
             for entry in page.entries:
                 try:
@@ -283,23 +319,30 @@ class Reconciler:
                 except ValueError:
                     self._reject(entry.key, "unknown key in the inbox")
                     continue
-                if now - entry.last_modified.timestamp() > self.settings.inbox_item_timeout:
+                age = now - entry.last_modified.timestamp()
+                if age > self.settings.inbox_item_timeout:
                     self.expired.add(entry.key)
+                if age > min(UNTRUSTED_GRACE, self.settings.inbox_item_timeout):
+                    self.untrusted.add(entry.key)
                 items.append((entry.key, job_id, kind, request_id))
-            if not page.truncated:
+            after = page.last_key if page.truncated else None
+            if after is None:
                 break
-            after = page.last_key
+        # A flooded inbox is read a few pages a poll, each poll going on where the last one
+        # stopped: a poll costs the same however many items wait.
+        self.resume_after = after
+        self.relist |= after is not None
         results: dict[str, str | None] = dict.fromkeys(self._adopted_results())
         requests: dict[str, list[tuple[str, str]]] = {}
         handled = 0
         for key, job_id, kind, request_id in items:
             if key in self.parked:
-                if key in self.expired:  # a bucket writer must not fill the inbox this way
+                if key in self.untrusted:  # a bucket writer must not fill the inbox this way
                     self.parked.discard(key)
                     self._reject(key, "its signing key was never trusted")
                 continue
             if kind == "claim":
-                self._on_claim(key, job_id)
+                self._isolated(key, "claim", self._on_claim, key, job_id)
                 handled += 1
             elif kind == "result":
                 results[job_id] = key
@@ -319,9 +362,22 @@ class Reconciler:
             if pending:
                 self.pool.submit(self._serve_job, job_id, pending, results)
             else:
-                self._on_result(results[job_id], job_id)
+                self._isolated(results[job_id], "result", self._on_result, results[job_id], job_id)
             handled += len(pending) + (job_id in results)
         return handled
+
+    def _isolated(self, key: str | None, what: str, handler: Callable[..., Any], *args: Any) -> Any:
+        """Handle one inbox item so that nothing it holds can stop the others: any error but
+        the bucket's own (the item is fine, the bucket is not: try again later) refuses and
+        removes that one item, with the reason in the log."""
+        try:
+            return handler(*args)
+        except StoreError:
+            raise
+        except Exception as exc:
+            log.error("edge-mailbox: %s %s could not be handled", what, key or "", exc_info=True)
+            self._reject(key, f"{what} could not be handled: {type(exc).__name__}: {exc}")
+            return True
 
     def _delete_soon(self, key: str) -> None:
         """Handled inbox items and claimed manifests are deleted together, once per turn of
@@ -358,15 +414,20 @@ class Reconciler:
         for job in adopted:
             job.check_result = False
             try:
-                self.mailbox.store.head(self.mailbox.layout.result(job.job_id))
-            except NotFound:
-                continue
+                claimed = self._job_from_claim(job.job_id)
+                assert claimed and claimed.claim
+                self.mailbox.store.head(self.mailbox.layout.result(job.job_id, claimed.claim.kid))
+            except (NotFound, VerificationError, ProtocolError):
+                continue  # not claimed (yet), or no result: its notices will tell
             found.append(job.job_id)
         return found
 
     def _leave_for_owner(self, key: str | None, job: Job, what: str) -> bool:
         """True if ``job`` is another scheduler's: its notice stays in the inbox for that
         scheduler (or for whichever adopts its tasks), until it has waited too long."""
+        if job.stale:
+            self._reject(key, f"{what} of a job whose try is over")
+            return True
         if job.owned:
             return False
         if key and key in self.expired:
@@ -412,25 +473,22 @@ class Reconciler:
         return counts
 
     def clean_up(self) -> None:
-        """Remove the protocol objects of jobs finished long enough ago (claim, responses,
-        result, revocation, stray inbox items, the manifest), and forget the jobs: neither
-        the bucket nor this process grows with the number of tasks ever run. Logs stay."""
+        """Remove the protocol objects of jobs finished long enough ago (responses, result,
+        revocation, stray inbox items, the manifest), and forget the jobs: neither the bucket
+        nor this process grows with the number of tasks ever run. Logs stay.
+
+        A job's claim stays, and the job with it, until its manifest has expired: a manifest
+        put back into its queue meanwhile meets the claim, and is never run twice."""
         now = time.time()
         with self.jobs_lock:
-            for job in [j for j in self.jobs.values() if not j.owned]:
+            for job in [j for j in self.jobs.values() if not j.owned and not j.stale]:
                 if now - job.seen_at > self.settings.inbox_item_timeout:
                     del self.jobs[job.job_id]  # another scheduler's; its owner cleans it up
-            due = [
+            due = [j for j in self.jobs.values() if not j.cleaned and self._cleanup_due(j, now)]
+            gone = [
                 j
                 for j in self.jobs.values()
-                if j.owned
-                and j.finished_at
-                and now - j.finished_at
-                > (
-                    self.settings.cleanup_success_after
-                    if j.succeeded
-                    else self.settings.cleanup_failed_after
-                )
+                if j.cleaned and now > j.enqueued_at + self.settings.manifest_ttl + MANIFEST_LEEWAY
             ]
         layout = self.mailbox.layout
         for job in due:
@@ -438,23 +496,41 @@ class Reconciler:
                 keys = [e.key for e in self.mailbox.store.list_all(layout.job_root(job.job_id))]
             else:  # every object of a job we watched has a key we can name: no LIST
                 keys = [
-                    layout.claim(job.job_id),
-                    layout.result(job.job_id),
+                    *([layout.result(job.job_id, job.claim.kid)] if job.claim else []),
                     layout.revocation(job.job_id),
                     layout.inbox_claim(job.job_id),
                     layout.inbox_result(job.job_id),
                     *(layout.relay_response(job.job_id, r) for r in job.answered),
                     *(layout.relay_lease(job.job_id, r) for r in job.answered),
                 ]
+            keys = [k for k in keys if k != layout.claim(job.job_id)]
             if job.manifest_key:
                 keys.append(job.manifest_key)
             failed = self.mailbox.store.delete_many(keys)
             if failed:
                 log.warning("edge-mailbox: could not delete %s", failed)
                 continue
-            with self.jobs_lock:
-                self.jobs.pop(job.job_id, None)
+            job.cleaned = True
             log.debug("edge-mailbox: cleaned up job %s (%d objects)", job.job_id, len(keys))
+        if not gone:
+            return
+        failed = set(self.mailbox.store.delete_many([layout.claim(j.job_id) for j in gone]))
+        with self.jobs_lock:
+            for job in gone:
+                if layout.claim(job.job_id) not in failed:
+                    self.jobs.pop(job.job_id, None)
+
+    def _cleanup_due(self, job: Job, now: float) -> bool:
+        if job.stale:  # never ours to report: its objects go after the failure delay
+            return now - (job.finished_at or now) > self.settings.cleanup_failed_after
+        if not (job.owned and job.finished_at):
+            return False
+        after = (
+            self.settings.cleanup_success_after
+            if job.succeeded
+            else self.settings.cleanup_failed_after
+        )
+        return now - job.finished_at > after
 
     def reload_worker_keys(self) -> None:
         """Pick up enrolled and removed worker keys (.pub files) without a restart."""
@@ -482,6 +558,7 @@ class Reconciler:
             return
         metrics.gauge("live_workers", sum(self.watch.alive(w) for w in self.watch.last_seen))
         self.clean_up()
+        self.sweep_queues()
         with self.jobs_lock:
             jobs = [j for j in self.jobs.values() if j.owned and not j.finished]
         try:
@@ -503,6 +580,21 @@ class Reconciler:
             if job.claim is None and job.manifest_key:
                 with contextlib.suppress(StoreError):
                     self.mailbox.store.delete(job.manifest_key)
+
+    def sweep_queues(self) -> None:
+        """Every ``queue_sweep_interval``: delete from the queues what no worker may run."""
+        if time.monotonic() - self.last_sweep < self.settings.queue_sweep_interval:
+            return
+        self.last_sweep = time.monotonic()
+        with self.jobs_lock:  # self.queues grows under this lock too
+            own = {j.manifest_key for j in self.jobs.values() if j.manifest_key}
+            names = list(self.queues)
+        for name in names:
+            try:
+                self.sweeper.sweep(name, own)
+            except StoreError as exc:
+                log.warning("edge-mailbox: queue %s not swept: %s", name, exc)
+                return
 
     def _refuse(self, key: str | None, what: str, exc: Exception) -> None:
         """A refused item is deleted, unless only its key is unknown: a worker enrolled a
@@ -544,8 +636,13 @@ class Reconciler:
             claim = self.mailbox.read_claim(job_id, self.settings.worker_keys)
         if claim.model.job_id != job_id:
             raise ProtocolError(f"claim names job {claim.model.job_id}")
+        # As of the claim: a job queued longer ago than manifest_ttl keeps its relay.
         manifest = self.mailbox.verify_manifest(
-            claim.model.manifest.encode(), claim.model.queue, job_id, self.scheduler_keys
+            claim.model.manifest.encode(),
+            claim.model.queue,
+            job_id,
+            self.scheduler_keys,
+            at=claim.issued_at,
         )
         if job is None:
             job = Job(
@@ -561,8 +658,21 @@ class Reconciler:
             job.manifest_key = self.mailbox.layout.manifest(
                 manifest.model.queue, job_id, manifest.model.priority, manifest.model.enqueued_at
             )
+            job.answered = self.mailbox.answered_requests(job_id)
+            job.high_water = max(job.answered, default="")
+            current = self.is_current is None or manifest.model.callback is not None
+            if not (current or self.is_current(job.ti_id, job_id)):
+                log.warning(
+                    "edge-mailbox: job %s (%s) is not a try Airflow is running: its claim "
+                    "and calls are refused",
+                    job_id,
+                    manifest.model.describe(),
+                )
+                job.stale = job.finished = True
+                job.finished_at = time.time()
             with self.jobs_lock:
                 self.jobs.setdefault(job_id, job)
+                self.queues.add(job.queue)
                 job = self.jobs[job_id]
         elif manifest.model.subject_id != job.ti_id:
             raise ProtocolError("the claimed manifest is for another task instance")
@@ -602,18 +712,29 @@ class Reconciler:
     def _on_result(self, key: str | None, job_id: str) -> None:
         try:
             job = self._job_from_claim(job_id)
-            result = self.mailbox.read_result(job_id, self.settings.worker_keys)
         except NotFound:
-            self._reject(key, "result notice without a claim or result")
+            self._reject(key, "result notice without a claim")
             return
         except (VerificationError, ProtocolError) as exc:
             self._refuse(key, "result refused", exc)
             return
         assert job and job.claim
-        if result.kid != job.claim.kid:
-            self._reject(
-                key, f"result signed by {result.kid}, not by the claim holder {job.claim.kid}"
-            )
+        try:
+            result = self.mailbox.read_result(job_id, job.claim.kid, self.settings.worker_keys)
+        except NotFound:  # the claim holder's notice comes again with its result
+            self._reject(key, "result notice without the claim holder's result")
+            return
+        except (VerificationError, ProtocolError) as exc:
+            if isinstance(exc, VerificationError) and exc.reason is Reason.BAD_SIGNATURE:
+                # Not the claim holder's: its notice stays, so that its own result (if it
+                # writes it again) is still read; it goes after inbox_item_timeout.
+                log.warning("edge-mailbox: result of %s refused: %s", job_id, exc)
+                if key and key in self.expired:
+                    self._reject(key, f"result refused: {exc}")
+                elif key:
+                    self.left.add(key)
+                return
+            self._refuse(key, "result refused", exc)
             return
         if not job.owned:  # refuse its later relay calls, but report nothing
             job.finished = True
@@ -641,11 +762,13 @@ class Reconciler:
         later call overtakes it; the inbox is listed again soon."""
         try:
             for key, request_id in requests:
-                if not self._on_request(key, job_id, request_id):
+                if not self._isolated(
+                    key, "relay request", self._on_request, key, job_id, request_id
+                ):
                     self.relist = True
                     return
             if job_id in results:
-                self._on_result(results[job_id], job_id)
+                self._isolated(results[job_id], "result", self._on_result, results[job_id], job_id)
         except StoreError as exc:
             log.warning("edge-mailbox: relay for %s postponed, bucket unavailable: %s", job_id, exc)
             self.relist = True
@@ -685,15 +808,32 @@ class Reconciler:
         if request.kid != job.claim.kid or request.model.job_id != job_id:
             self._reject(key, f"relay request signed by {request.kid}, not the claim holder")
             return True
+        too_old = self._too_old(job, request.model.sent_at)
+        if too_old:
+            self._reject(key, f"relay request {too_old}")
+            return True
         self._report_claimed(job)  # in case its claim notice is late or lost
         replay_ms = 0.0
         with job.lock:  # one call at a time per job, in arrival order of the poll
-            if request_id in job.answered or self._answered_before(job, request_id):
+            if request_id in job.answered:
                 self._delete_soon(key)
                 return True
-            if not self.mailbox.take_request(job_id, request_id, self.owner, self.relay_lease):
+            if request_id <= job.high_water:
+                self._reject(key, "relay request put back after a later one was handled")
+                return True
+            lease = self.mailbox.take_request(job_id, request_id, self.owner, self.relay_lease)
+            if not lease:
                 log.debug("edge-mailbox: %s is being answered by another reconciler", key)
                 return False
+            # A lease that existed: a reconciler (this one before a restart, a dead peer) took
+            # the request before. Only the bucket knows whether it answered it.
+            if lease is Lease.RESUMED and self.mailbox.answered(job_id, request_id):
+                log.info("edge-mailbox: %s was answered before; not replayed", key)
+                job.answered.add(request_id)
+                job.high_water = max(job.high_water, request_id)
+                self._delete_soon(key)
+                return True
+            job.high_water = max(job.high_water, request_id)
             seal_key = SealKey.derive(self.settings.signing_key.seed(), job_id)
             try:
                 call = open_call(
@@ -751,14 +891,16 @@ class Reconciler:
             replay_ms,
         )
         if not request.model.awaited and answer.status >= 400:
+            # Status and reason only: an error body may echo what the task sent (a 422 quotes
+            # its input), and that must not reach the scheduler's log.
             log.warning(
-                "edge-mailbox: job %s: the Execution API answered %s to %s %s, which the worker "
-                "did not wait for: %s",
+                "edge-mailbox: job %s: the Execution API answered %s %s to %s %s, which the "
+                "worker did not wait for",
                 job_id,
                 answer.status,
+                _phrase(answer.status),
                 call.method,
                 call.path,
-                decode_body(answer.body)[:500].decode("utf-8", "replace"),
             )
         return True
 
@@ -777,17 +919,23 @@ class Reconciler:
             replayed = self.api.replay(call, token)
         return replayed
 
-    def _answered_before(self, job: Job, request_id: str) -> bool:
-        """Answered by another reconciler, or by us before a restart: the bucket knows.
-        Asked only when the request is seen a second time, so the usual path costs nothing."""
-        if request_id not in job.listed:
-            job.listed.add(request_id)
-            return False
-        try:
-            self.mailbox.store.head(self.mailbox.layout.relay_response(job.job_id, request_id))
-            return True
-        except NotFound:
-            return False
+    def _too_old(self, job: Job, sent_at: float) -> str:
+        """Why a request is too old to replay ("" if it is not): sent before its job was
+        claimed (a claim is made before any call), or longer ago than the worker waits."""
+        assert job.claim
+        if sent_at < job.claim.model.claimed_at - CLOCK_SLACK:
+            return "was sent before its job was claimed"
+        age = time.time() - sent_at
+        if age > self.settings.relay_request_max_age:
+            return f"was sent {age:.0f} s ago (relay_request_max_age)"
+        return ""
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _ti_key(manifest: JobManifest) -> Any:

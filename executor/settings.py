@@ -40,6 +40,8 @@ class ExecutorSettings:
     execution_api_url: str
     execution_api_timeout: float
     inbox_item_timeout: float = 3600.0
+    relay_request_max_age: float = 1200.0
+    queue_sweep_interval: float = 300.0
 
 
 def _get(conf: Any, key: str, fallback: str = "") -> str:
@@ -130,4 +132,6 @@ def load_settings(conf: Any, execution_api_url: str) -> ExecutorSettings:
         execution_api_url=execution_api_url.rstrip("/") + "/",
         execution_api_timeout=_float(conf, "execution_api_timeout", "30", 1, 600),
         inbox_item_timeout=_float(conf, "inbox_item_timeout", "3600", 60, 30 * 86400),
+        relay_request_max_age=_float(conf, "relay_request_max_age", "1200", 60, 86400),
+        queue_sweep_interval=_float(conf, "queue_sweep_interval", "300", 1, 86400),
     )

@@ -11,7 +11,9 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 PROTOCOL_VERSION = "v1"
 MAX_QUEUE_NAME = 256
@@ -111,6 +113,19 @@ class TaskCoordinates:
     map_index: int = -1
     try_number: int = 1
 
+    @classmethod
+    def of_ti(cls, ti: Mapping[str, Any]) -> TaskCoordinates:
+        """The try a manifest's TaskInstance DTO (``JobManifest.ti``) names: where its log
+        goes, and what a log reader checks a job's claim against."""
+        map_index = ti.get("map_index")
+        return cls(
+            dag_id=ti["dag_id"],
+            run_id=ti["run_id"],
+            task_id=ti["task_id"],
+            map_index=-1 if map_index is None else int(map_index),
+            try_number=int(ti["try_number"]),
+        )
+
 
 @dataclass(frozen=True)
 class ManifestKey:
@@ -181,8 +196,16 @@ class Layout:
     def claim(self, job_id: str) -> str:
         return f"{self.job_root(job_id)}claim.jws"
 
-    def result(self, job_id: str) -> str:
-        return f"{self.job_root(job_id)}result.jws"
+    def result(self, job_id: str, kid: str) -> str:
+        """One result per signer: a result another key writes for the job never replaces
+        the claim holder's, which the scheduler side reads by the claim's key id."""
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", kid):
+            raise ValueError(f"malformed key id {kid!r}")
+        return f"{self.job_root(job_id)}results/{kid}.jws"
+
+    def is_result(self, key: str) -> bool:
+        pattern = rf"{re.escape(self.root)}jobs/[0-9a-f]{{28}}/results/[A-Za-z0-9_-]+\.jws"
+        return bool(re.fullmatch(pattern, key))
 
     def revocation(self, job_id: str) -> str:
         return f"{self.job_root(job_id)}revoked.jws"
@@ -192,8 +215,20 @@ class Layout:
         and a new one overlapping), one request is executed by one of them only."""
         return f"{self.job_root(job_id)}taken/{check_request_id(request_id)}.json"
 
+    def relay_responses(self, job_id: str) -> str:
+        return f"{self.job_root(job_id)}responses/"
+
     def relay_response(self, job_id: str, request_id: str) -> str:
-        return f"{self.job_root(job_id)}responses/{check_request_id(request_id)}.jws"
+        return f"{self.relay_responses(job_id)}{check_request_id(request_id)}.jws"
+
+    def parse_relay_response(self, key: str) -> str:
+        """The request id of a response key; ValueError for anything else."""
+        match = re.fullmatch(
+            r"([0-9a-f]{28})/responses/([0-9a-f]{28})\.jws", key[len(self.root + "jobs/") :]
+        )
+        if not key.startswith(f"{self.root}jobs/") or not match:
+            raise ValueError(f"{key!r} is not a relay response key")
+        return match.group(2)
 
     # Inbox: everything the scheduler side must act on, deleted once acted on, so that one
     # LIST page per poll finds all pending work however many jobs ever ran.

@@ -8,26 +8,29 @@ reason) or ProtocolError.
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import json
 import time
 import uuid
 
 from edge_mailbox.mailbox.codec import Signed, binding, decode_signed, encode_signed
-from edge_mailbox.mailbox.errors import AlreadyExists, NotFound, PreconditionFailed
-from edge_mailbox.mailbox.layout import Layout, ManifestKey
+from edge_mailbox.mailbox.errors import AlreadyExists, NotFound, PreconditionFailed, ProtocolError
+from edge_mailbox.mailbox.layout import Layout, ManifestKey, TaskCoordinates
 from edge_mailbox.mailbox.models import (
     ChangeMarker,
     Claim,
     Heartbeat,
     JobManifest,
     JobResult,
+    LogChunk,
     RelayRequest,
     RelayResponse,
     Revocation,
     WireModel,
 )
 from edge_mailbox.mailbox.store import Entry, ObjectStore, Page
-from edge_mailbox.signer import KeyRing, SigningKey
+from edge_mailbox.signer import KeyRing, Reason, SigningKey, VerificationError, seal, strictjson
 
 JOSE = "application/jose"
 # How long records signed by a worker stay verifiable: a task may run for days, and the
@@ -35,6 +38,20 @@ JOSE = "application/jose"
 # one job id and created at most once.
 RECORD_TTL = 30 * 86400.0
 RELAY_TTL = 6 * 3600.0
+# Log chunks stay readable as long as the bucket keeps them (its lifecycle rule decides);
+# replay is moot for them too: each is bound to its place and created once.
+LOG_TTL = 3650 * 86400.0
+
+
+class Lease(enum.Enum):
+    """How a reconciler came to hold a relay request's lease."""
+
+    NEW = "new"
+    RESUMED = "resumed"
+    HELD = "held by another reconciler"
+
+    def __bool__(self) -> bool:
+        return self is not Lease.HELD
 
 
 def nonce() -> str:
@@ -55,8 +72,9 @@ class Mailbox:
     def seal_context(self, job_id: str, request_id: str, direction: str) -> str:
         return f"{self.bucket}/{self.layout.prefix}/{job_id}/{request_id}/{direction}"
 
-    def log_context(self, job_id: str, seq: int) -> str:
-        return f"{self.bucket}/{self.layout.prefix}/{job_id}/log/{seq}"
+    def log_context(self, ti: TaskCoordinates, job_id: str, seq: int) -> str:
+        """A log chunk's seal context: its whole key (prefix, task-instance try, job, seq)."""
+        return f"{self.bucket}/{self.layout.log_chunk(ti, job_id, seq)}"
 
     def _read(self, key: str, cls: type[WireModel], keyring: KeyRing, bind: dict[str, str]):
         raw = self.store.get(key, max_bytes=cls.MAX_BYTES * 2).body
@@ -82,12 +100,25 @@ class Mailbox:
         return raw, self.verify_manifest(raw, queue, parsed.job_id, keyring, object_key)
 
     def verify_manifest(
-        self, raw: bytes, queue: str, job_id: str, keyring: KeyRing, object_key: str | None = None
+        self,
+        raw: bytes,
+        queue: str,
+        job_id: str,
+        keyring: KeyRing,
+        object_key: str | None = None,
+        *,
+        at: float | None = None,
     ) -> Signed[JobManifest]:
-        signed = decode_signed(
-            raw, JobManifest, keyring, bind=self.bind(queue=queue, job_id=job_id), key=object_key
+        """Verify a manifest as of ``at`` (now by default): a claim's embedded manifest is
+        checked as of its claim, so a job queued long ago keeps its relay."""
+        return decode_signed(
+            raw,
+            JobManifest,
+            keyring,
+            bind=self.bind(queue=queue, job_id=job_id),
+            key=object_key,
+            now=at,
         )
-        return signed
 
     def list_queue(self, queue: str, *, start_after: str | None = None) -> Page:
         return self.store.list_page(self.layout.queue_jobs(queue), start_after=start_after)
@@ -164,33 +195,52 @@ class Mailbox:
             self.layout.inbox_request(job_id, request_id), RelayRequest, worker_keys, bind
         )
 
-    def take_request(self, job_id: str, request_id: str, owner: str, lease: float) -> bool:
+    def take_request(self, job_id: str, request_id: str, owner: str, lease: float) -> Lease:
         """Take the right to replay a request: a conditional create of its lease object.
 
-        False when another reconciler holds it. A lease older than ``lease`` seconds (its
-        holder died between taking and answering) is taken over with a compare-and-swap."""
+        HELD (false) when another reconciler holds it. A lease older than ``lease`` seconds
+        (its holder died between taking and answering) is taken over with a compare-and-swap.
+        Only a NEW lease proves nobody replayed the request before; a RESUMED one (ours from
+        before, or taken over) means the caller must look for its answer first."""
         key = self.layout.relay_lease(job_id, request_id)
         body = json.dumps({"owner": owner, "taken_at": time.time(), "nonce": nonce()}).encode()
         try:
             self.store.create(key, body)
-            return True
+            return Lease.NEW
         except AlreadyExists:
             pass
         try:
             current = self.store.get(key, max_bytes=4096)
-            held = json.loads(current.body)
+            held = strictjson.loads(current.body)
             taken_at = float(held.get("taken_at", 0))
         except (NotFound, ValueError, TypeError, AttributeError):
-            return False
+            return Lease.HELD
         if held.get("owner") == owner:
-            return True  # ours, from an attempt that did not get to answer
+            return Lease.RESUMED  # ours, from an attempt that did not get to answer
         if time.time() - taken_at < lease:
-            return False
+            return Lease.HELD
         try:
             self.store.replace(key, body, current.etag)
         except PreconditionFailed:
+            return Lease.HELD
+        return Lease.RESUMED
+
+    def answered(self, job_id: str, request_id: str) -> bool:
+        """Whether a response to the request exists (one HEAD)."""
+        try:
+            self.store.head(self.layout.relay_response(job_id, request_id))
+        except NotFound:
             return False
         return True
+
+    def answered_requests(self, job_id: str) -> set[str]:
+        """The ids of a job's answered requests (one LIST page per 1,000): what a scheduler
+        that did not watch the job from its start knows it must never replay."""
+        answered = set()
+        for entry in self.store.list_all(self.layout.relay_responses(job_id)):
+            with contextlib.suppress(ValueError):
+                answered.add(self.layout.parse_relay_response(entry.key))
+        return answered
 
     def put_response(self, response: RelayResponse, key: SigningKey) -> None:
         """Write the answer once: a second reconciler's answer to the same request loses."""
@@ -221,6 +271,15 @@ class Mailbox:
         key = self.layout.heartbeat(worker)
         return self._read(key, Heartbeat, worker_keys, self.bind(worker=worker))
 
+    def verify_heartbeat(self, raw: bytes, worker: str, worker_keys: KeyRing) -> Signed[Heartbeat]:
+        """A heartbeat found at ``workers/{worker}.jws``: signed by a trusted worker key, bound
+        to that name, and naming that worker in its body too."""
+        key = self.layout.heartbeat(worker)
+        signed = decode_signed(raw, Heartbeat, worker_keys, bind=self.bind(worker=worker), key=key)
+        if signed.model.worker != worker:
+            raise ProtocolError(f"heartbeat names worker {signed.model.worker!r}", key=key)
+        return signed
+
     def list_heartbeats(self) -> list[Entry]:
         """All workers' liveness from LIST alone (LastModified): a page per 1,000 workers."""
         return list(self.store.list_all(self.layout.heartbeats))
@@ -229,12 +288,17 @@ class Mailbox:
 
     def put_result(self, result: JobResult, key: SigningKey) -> None:
         body = encode_signed(result, key, bind=self.bind(job_id=result.job_id), ttl=RECORD_TTL)
-        self.store.put(self.layout.result(result.job_id), body, content_type=JOSE)
+        self.store.put(self.layout.result(result.job_id, key.kid), body, content_type=JOSE)
 
-    def read_result(self, job_id: str, worker_keys: KeyRing) -> Signed[JobResult]:
-        return self._read(
-            self.layout.result(job_id), JobResult, worker_keys, self.bind(job_id=job_id)
+    def read_result(self, job_id: str, kid: str, worker_keys: KeyRing) -> Signed[JobResult]:
+        """The result signed by ``kid`` (the claim holder's key): one signed by another key
+        at its place is refused as a bad signature."""
+        signed = self._read(
+            self.layout.result(job_id, kid), JobResult, worker_keys, self.bind(job_id=job_id)
         )
+        if signed.kid != kid:
+            raise VerificationError(Reason.BAD_SIGNATURE, f"result signed by {signed.kid}")
+        return signed
 
     def revoked(self, job_id: str, scheduler_keys: KeyRing) -> Revocation | None:
         """The job's revocation, if the scheduler side signed one (one GET, a 404 mostly)."""
@@ -250,3 +314,81 @@ class Mailbox:
         bind = self.bind(job_id=revocation.job_id)
         body = encode_signed(revocation, key, bind=bind, ttl=RECORD_TTL)
         self.store.put(self.layout.revocation(revocation.job_id), body, content_type=JOSE)
+
+    # -- logs ----------------------------------------------------------------------------------
+
+    def _log_bind(self, ti: TaskCoordinates, job_id: str, seq: int) -> dict[str, str]:
+        return self.bind(
+            job_id=job_id,
+            seq=str(seq),
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            task_id=ti.task_id,
+            map_index=str(ti.map_index),
+            try_number=str(ti.try_number),
+        )
+
+    def encode_log_chunk(
+        self,
+        ti: TaskCoordinates,
+        job_id: str,
+        seq: int,
+        data: bytes,
+        seal_key: str,
+        key: SigningKey,
+    ) -> bytes:
+        """Chunk ``seq`` of a job's log, sealed to ``seal_key`` (the manifest's) and signed by
+        ``key`` (the claim holder's): the bytes ``put_log_chunk`` creates."""
+        sealed = seal(data, seal_key, context=self.log_context(ti, job_id, seq))
+        chunk = LogChunk(job_id=job_id, seq=seq, sealed=sealed)
+        return encode_signed(chunk, key, bind=self._log_bind(ti, job_id, seq), ttl=LOG_TTL)
+
+    def put_log_chunk(self, ti: TaskCoordinates, job_id: str, seq: int, body: bytes) -> None:
+        """Create chunk ``seq`` once (If-None-Match): no later writer, a replay of the job
+        included, replaces it. Finding these very bytes there (an earlier attempt whose answer
+        was lost) is success; anything else there raises AlreadyExists."""
+        key = self.layout.log_chunk(ti, job_id, seq)
+        try:
+            self.store.create(key, body, content_type=JOSE)
+        except AlreadyExists:
+            try:
+                current = self.store.get(key, max_bytes=len(body))
+            except ProtocolError:  # larger than ours: not ours
+                raise AlreadyExists("another object holds this log chunk", key=key) from None
+            if current.body != body:
+                raise
+
+    def verify_log_chunk(
+        self, raw: bytes, ti: TaskCoordinates, job_id: str, seq: int, worker_keys: KeyRing
+    ) -> Signed[LogChunk]:
+        """Verify a chunk against the place it was found at: signed by a trusted worker key
+        (the caller checks it is the claim holder's), bound to that try, job and seq."""
+        key = self.layout.log_chunk(ti, job_id, seq)
+        bind = self._log_bind(ti, job_id, seq)
+        signed = decode_signed(raw, LogChunk, worker_keys, bind=bind, key=key)
+        if signed.model.job_id != job_id or signed.model.seq != seq:
+            raise ProtocolError(
+                f"log chunk names job {signed.model.job_id} seq {signed.model.seq}", key=key
+            )
+        return signed
+
+    def read_claim_holder(
+        self, job_id: str, worker_keys: KeyRing, scheduler_keys: KeyRing
+    ) -> tuple[Signed[Claim], JobManifest]:
+        """The job's durable claim (who holds the job) and the manifest it embeds, both
+        verified. The manifest is checked as of the claim: it expires after manifest_ttl, and
+        the claim is the record that it was valid when the worker claimed it."""
+        claim = self.read_claim(job_id, worker_keys)
+        if claim.model.job_id != job_id:
+            raise ProtocolError(
+                f"claim names job {claim.model.job_id}", key=self.layout.claim(job_id)
+            )
+        manifest = decode_signed(
+            claim.model.manifest.encode(),
+            JobManifest,
+            scheduler_keys,
+            bind=self.bind(queue=claim.model.queue, job_id=job_id),
+            key=self.layout.claim(job_id),
+            now=claim.issued_at,
+        )
+        return claim, manifest.model

@@ -203,6 +203,7 @@ def test_stop_kills_what_outlives_the_drain_timeout(stack: Stack) -> None:
     assert stack.wait_for_run("drain_nap", run_id, timeout=120) == "failed"
     client = stack.bucket_client()
     (job_id,) = [c["job_id"] for c in stack.claims() if c["worker"] == "drain-1"]
-    result = stack.signed_body(client, f"{stack.prefix}/v1/jobs/{job_id}/result.jws")
+    (result_key,) = [e.key for e in client.list_all(f"{stack.prefix}/v1/jobs/{job_id}/results/")]
+    result = stack.signed_body(client, result_key)
     assert result["state"] == "failed"
     assert "drain timeout" in result["message"], result

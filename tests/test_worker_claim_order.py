@@ -109,7 +109,9 @@ def test_a_busy_worker_backs_off_its_polls_and_wakes_when_a_job_ends(weed_store,
         gets = w.mailbox.store.counter.snapshot()["GET"]
     finally:
         w.runners.close()
-    result = Mailbox(weed_store).read_result(job.job_id, KeyRing([w.settings.key.public]))
+    result = Mailbox(weed_store).read_result(
+        job.job_id, w.settings.key.kid, KeyRing([w.settings.key.public])
+    )
     assert 5 <= result.model.finished_at - started < 5.5  # reaped as it ended
     # Backing off from 0.02 s to 1 s: about 12 marker polls in 5 s (a fixed 0.2 s: 25)
     assert gets <= 16, gets
