@@ -848,7 +848,9 @@ class Reconciler:
                 answer = error_answer(409, "the job was revoked by the scheduler")
             elif job.finished:
                 answer = error_answer(409, "the job has already finished")
-            elif not route_allowed(call.method, call.path, job.ti_id):
+            elif not route_allowed(
+                call.method, call.path, job.ti_id, task=job.ti_key, query=call.query
+            ):
                 log.warning("edge-mailbox: job %s: refused %s %s", job_id, call.method, call.path)
                 answer = error_answer(403, f"{call.method} {call.path} is not a relayed route")
             else:
