@@ -46,6 +46,9 @@ def test_two_schedulers_share_the_work_and_report_each_job_once(
         prefix=f"ha-{secrets.token_hex(4)}",
         parallelism=8,  # per scheduler: 24 tasks cannot all be queued by one of them
         airflow_options={"database": {"sql_alchemy_conn": postgres.url}},
+        # The results are read after a run that may take minutes: nothing is cleaned up
+        # meanwhile (the default is 300 s after a success).
+        scheduler_options={"cleanup_success_after": 86400},
     )
     stack.prepare(store=seaweed)
     try:

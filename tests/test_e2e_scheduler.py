@@ -22,6 +22,9 @@ def stack(seaweed, tmp_path_factory) -> Iterator[Stack]:
         root=tmp_path_factory.mktemp("sched") / "stack",
         dags_folder=DAGS,
         prefix=f"sched-{secrets.token_hex(4)}",
+        # The tests count claims and results in the bucket after the runs, however long those
+        # took: nothing is cleaned up meanwhile (the default is 300 s after a success).
+        scheduler_options={"cleanup_success_after": 86400},
         airflow_options={
             "scheduler": {
                 "orphaned_tasks_check_interval": 5,

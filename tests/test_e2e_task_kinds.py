@@ -98,6 +98,9 @@ def stack(seaweed, tmp_path_factory) -> Iterator[Stack]:
         root=tmp_path_factory.mktemp("kinds") / "stack",
         dags_folder=DAGS,
         prefix=f"kinds-{secrets.token_hex(4)}",
+        # The tests read claims and results after runs that may take minutes: nothing is
+        # cleaned up meanwhile (the default is 300 s after a success).
+        scheduler_options={"cleanup_success_after": 86400},
     )
     stack.prepare(store=seaweed)
     stack.add_worker("edge-a", queues=WORKERS["edge-a"], concurrency=6)
