@@ -26,14 +26,16 @@ from test_relay_two_reconcilers import (
 
 from edge_mailbox.executor.reconciler import Job
 from edge_mailbox.mailbox.codec import binding
-from edge_mailbox.mailbox.errors import AlreadyExists
 from edge_mailbox.mailbox.layout import new_id
 from edge_mailbox.mailbox.models import Claim, JobManifest, JobResult, JobState, RelayCall
 from edge_mailbox.mailbox.protocol import RECORD_TTL, Mailbox, nonce
 from edge_mailbox.mailbox.relaycodec import seal_call
 from edge_mailbox.mailbox.store import ObjectStore
 from edge_mailbox.signer import KeyRing, SealKey, SigningKey, sign_claims
+from edge_mailbox.worker.runners import RunnerPool
+from edge_mailbox.worker.settings import WorkerSettings
 from edge_mailbox.worker.transport import BASE_URL, RelayTransport
+from edge_mailbox.worker.worker import Worker
 
 pytestmark = pytest.mark.seaweed
 api = test_relay_two_reconcilers.api  # the counting Execution API fixture
@@ -242,17 +244,22 @@ def test_calls_of_a_job_airflow_does_not_run_are_refused(seaweed, prefix, api) -
         assert asked == [(TI, transport.job_id)]
 
 
-def test_a_finished_jobs_claim_stays_until_its_manifest_expires(seaweed, prefix) -> None:
-    """The claim is the job's tombstone: a manifest put back into its queue after cleanup
-    meets it, and no worker claims the job again (item 4)."""
+def test_a_manifest_replayed_after_cleanup_meets_its_claim(seaweed, prefix, tmp_path) -> None:
+    """The claim is the job's tombstone, kept until the manifest expires: a manifest put back
+    into its queue after the job was cleaned up is not claimed again, even by a freshly
+    restarted worker that remembers nothing (item 4)."""
     scheduler, worker, config, settings, mailbox = world(
         seaweed, prefix, "http://127.0.0.1:9/", cleanup_success_after=0, worker_check_interval=1
     )
     transport = claimed_job(mailbox, scheduler, worker)
     job_id = transport.job_id
+    (manifest_key,) = [e.key for e in mailbox.store.list_all(mailbox.layout.queue_jobs("default"))]
+    manifest = mailbox.store.get(manifest_key).body
     claim = mailbox.store.get(mailbox.layout.claim(job_id)).body
     with Scheduler(config, settings) as sched:
-        sched.reconciler.track(Job(job_id=job_id, ti_id=TI, queue="default", ti_key="k"))
+        sched.reconciler.track(
+            Job(job_id=job_id, ti_id=TI, queue="default", ti_key="k", manifest_key=manifest_key)
+        )
         mailbox.notify(mailbox.layout.inbox_claim(job_id))
         finish(mailbox, worker, job_id)
         wait_until(
@@ -261,8 +268,25 @@ def test_a_finished_jobs_claim_stays_until_its_manifest_expires(seaweed, prefix)
         )
         assert [e[0] for e in drain(sched.events)] == ["running", "success"]
         assert mailbox.store.get(mailbox.layout.claim(job_id)).body == claim
-        with pytest.raises(AlreadyExists):  # a second claim, as after a replayed manifest
-            mailbox.store.create(mailbox.layout.claim(job_id), b"another claim")
+    mailbox.store.put(manifest_key, manifest)  # replayed by a bucket writer
+    restarted = Worker(
+        WorkerSettings(
+            store=config,
+            name="w1",
+            queues=("default",),
+            concurrency=1,
+            key=worker,
+            scheduler_keys=KeyRing([scheduler.public]),
+        ),
+        tmp_path,
+    )
+    restarted.runners = RunnerPool(lambda spec: 0)
+    try:
+        assert restarted._scan("default") is False
+        assert not restarted.running
+        assert mailbox.store.get(mailbox.layout.claim(job_id)).body == claim
+    finally:
+        restarted.runners.close()
 
 
 def test_refused_manifests_are_removed_from_the_queue(seaweed, prefix) -> None:
