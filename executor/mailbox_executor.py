@@ -33,6 +33,7 @@ from edge_mailbox.executor.task_log import read_running_log
 from edge_mailbox.mailbox.layout import new_id
 from edge_mailbox.mailbox.models import JobManifest
 from edge_mailbox.mailbox.protocol import Mailbox
+from edge_mailbox.mailbox.relaycodec import seal_callback_data
 from edge_mailbox.mailbox.store import ObjectStore
 from edge_mailbox.signer import SealKey
 
@@ -178,9 +179,14 @@ class MailboxExecutor(BaseExecutor):
                 "pool_slots": int(getattr(ti, "pool_slots", 1) or 1),
                 "priority": int(getattr(ti, "priority_weight", 1) or 1),
             }
-        else:
+        seal_key = SealKey.derive(self.settings.signing_key.seed(), job_id).public
+        if ti is None:
             queue_name = conf.get("operators", "default_queue", fallback="default") or "default"
-            fields = {"callback": workload.callback.model_dump(mode="json")}
+            callback = workload.callback.model_dump(mode="json")
+            callback["data"] = seal_callback_data(
+                callback.get("data") or {}, seal_key, self.mailbox.callback_context(job_id)
+            )
+            fields = {"callback": callback}
         manifest = JobManifest(
             job_id=job_id,
             queue=queue_name,
@@ -188,7 +194,7 @@ class MailboxExecutor(BaseExecutor):
             dag_rel_path=str(workload.dag_rel_path),
             bundle_info=workload.bundle_info.model_dump(mode="json"),
             log_path=workload.log_path,
-            seal_key=SealKey.derive(self.settings.signing_key.seed(), job_id).public,
+            seal_key=seal_key,
             scheduler_version=__version__,
             **fields,
         )
@@ -281,13 +287,18 @@ class MailboxExecutor(BaseExecutor):
 
 
 def _try_is_current(ti_id: str, job_id: str) -> bool:
-    """Whether Airflow runs the task instance ``ti_id`` as job ``job_id`` now: queued or
-    running, with the job id as its external_executor_id. A job that fails this (its try is
-    over, or it was never this job's) is a replay, and the relay refuses it."""
+    """Whether the task instance ``ti_id`` may still be running as job ``job_id``.
+
+    No: the id is not in the database (a task instance gets a new id for each try, so this
+    was an earlier try), or its state is final or waits for a retry. A job that fails this
+    is a replay, and the relay refuses it. (Its external_executor_id is no evidence: the
+    scheduler that queued the job records it a moment later, and until then it still names
+    the previous try's job.)"""
     from uuid import UUID
 
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
+    from airflow.utils.state import State
     from sqlalchemy import select
 
     try:
@@ -295,13 +306,10 @@ def _try_is_current(ti_id: str, job_id: str) -> bool:
     except ValueError:
         return False
     with create_session() as session:
-        row = session.execute(
-            select(TaskInstance.state, TaskInstance.external_executor_id).where(
-                TaskInstance.id == ti_uuid
-            )
+        found = session.execute(
+            select(TaskInstance.state).where(TaskInstance.id == ti_uuid)
         ).one_or_none()
-    if row is None:
+    if found is None:
         return False
-    state, external_id = row
-    live = (TaskInstanceState.QUEUED, TaskInstanceState.RUNNING, TaskInstanceState.RESTARTING)
-    return external_id == job_id and state in live
+    over = State.finished | {TaskInstanceState.UP_FOR_RETRY, TaskInstanceState.UP_FOR_RESCHEDULE}
+    return found[0] not in over

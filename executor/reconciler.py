@@ -38,10 +38,24 @@ from edge_mailbox.executor.settings import (
 from edge_mailbox.mailbox.codec import Signed
 from edge_mailbox.mailbox.errors import AlreadyExists, NotFound, ProtocolError, StoreError
 from edge_mailbox.mailbox.layout import check_job_id, new_id
-from edge_mailbox.mailbox.models import Claim, JobManifest, JobState, RelayCall, Revocation
+from edge_mailbox.mailbox.models import (
+    Claim,
+    JobManifest,
+    JobState,
+    RelayAnswer,
+    RelayCall,
+    Revocation,
+)
 from edge_mailbox.mailbox.protocol import Lease, Mailbox
 from edge_mailbox.mailbox.recent import RecentSet
-from edge_mailbox.mailbox.relaycodec import error_answer, open_call, seal_answer
+from edge_mailbox.mailbox.relaycodec import (
+    CALLBACK_DATA_PATH,
+    encode_body,
+    error_answer,
+    open_call,
+    open_callback_data,
+    seal_answer,
+)
 from edge_mailbox.signer import KeyRing, Reason, SealError, SealKey, VerificationError
 
 log = logging.getLogger(__name__)
@@ -113,6 +127,7 @@ class Job:
     # The highest request id handled: ids increase within a job and its requests are
     # replayed in id order, so a lower one is a replay of one handled before.
     high_water: str = ""
+    callback_data: dict | None = None  # an executor callback's data, sealed to us
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -237,7 +252,7 @@ class Reconciler:
             job = self.jobs.setdefault(
                 job_id, Job(job_id=job_id, ti_id=ti_id, queue=queue_name, rebuilt=True)
             )
-        if job.ti_id != ti_id:
+        if job.ti_id != ti_id or job.stale:
             return False
         job.ti_key = ti_key
         job.owned = job.check_result = True
@@ -676,6 +691,8 @@ class Reconciler:
                 job = self.jobs[job_id]
         elif manifest.model.subject_id != job.ti_id:
             raise ProtocolError("the claimed manifest is for another task instance")
+        if manifest.model.callback:
+            job.callback_data = manifest.model.callback.get("data")
         job.claim = claim
         return job
 
@@ -848,6 +865,8 @@ class Reconciler:
                 answer = error_answer(409, "the job was revoked by the scheduler")
             elif job.finished:
                 answer = error_answer(409, "the job has already finished")
+            elif call.path == CALLBACK_DATA_PATH and call.method == "GET":
+                answer = self._callback_data(job, seal_key)
             elif not route_allowed(
                 call.method, call.path, job.ti_id, task=job.ti_key, query=call.query
             ):
@@ -920,6 +939,21 @@ class Reconciler:
             pause = min(pause * 2, 8.0)
             replayed = self.api.replay(call, token)
         return replayed
+
+    def _callback_data(self, job: Job, seal_key: SealKey) -> RelayAnswer:
+        """An executor callback's data, for the worker that claimed it (sealed to it as the
+        answer is): the manifest carries it sealed to this side only."""
+        if not job.callback_data:
+            return error_answer(404, "this job is no callback")
+        try:
+            data = open_callback_data(
+                job.callback_data, seal_key, self.mailbox.callback_context(job.job_id)
+            )
+        except SealError as exc:
+            return error_answer(422, f"the callback's data cannot be opened: {exc}")
+        return RelayAnswer(
+            status=200, headers={"content-type": "application/json"}, body=encode_body(data)
+        )
 
     def _too_old(self, job: Job, sent_at: float) -> str:
         """Why a request is too old to replay ("" if it is not): sent before its job was

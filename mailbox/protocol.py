@@ -69,6 +69,9 @@ class Mailbox:
     def bind(self, **ids: str) -> dict[str, str]:
         return binding(self.bucket, self.layout.prefix, **ids)
 
+    def callback_context(self, job_id: str) -> str:
+        return f"{self.bucket}/{self.layout.prefix}/{job_id}/callback"
+
     def seal_context(self, job_id: str, request_id: str, direction: str) -> str:
         return f"{self.bucket}/{self.layout.prefix}/{job_id}/{request_id}/{direction}"
 

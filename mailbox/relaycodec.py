@@ -104,3 +104,22 @@ def error_answer(status: int, detail: str) -> RelayAnswer:
     return RelayAnswer(
         status=status, headers={"content-type": "application/json"}, body=encode_body(body)
     )
+
+
+# A call the scheduler side answers itself, never the Execution API: an executor callback's
+# data (its kwargs may hold secrets) travels sealed to the scheduler in the manifest, and
+# the claiming worker asks for it, to have it sealed to its own key like any answer.
+CALLBACK_DATA_PATH = "edge-mailbox/callback-data"
+
+
+def seal_callback_data(data: dict, recipient: str, context: str) -> dict:
+    """A callback's data as the manifest carries it: its import path in clear (for logs and
+    listings), everything else sealed to the scheduler side's per-job key."""
+    return {
+        "path": data.get("path", ""),
+        "sealed": seal(json.dumps(data).encode(), recipient, context=context),
+    }
+
+
+def open_callback_data(data: dict, key: SealKey, context: str) -> bytes:
+    return open_sealed(str(data.get("sealed", "")), key, context=context)

@@ -24,6 +24,7 @@ from typing import Any
 
 from edge_mailbox.mailbox.config import StoreConfig
 from edge_mailbox.mailbox.protocol import Mailbox
+from edge_mailbox.mailbox.relaycodec import CALLBACK_DATA_PATH
 from edge_mailbox.mailbox.store import ObjectStore, make_boto_client
 from edge_mailbox.signer import KeyRing, PublicKey, SealKey, SigningKey
 from edge_mailbox.signer.keys import b64url, b64url_decode
@@ -87,7 +88,7 @@ def run(spec: dict) -> int:
         if manifest.callback:
             from airflow.sdk.execution_time.callback_supervisor import supervise_callback
 
-            data = manifest.callback.get("data") or {}
+            data = _callback_data(client, manifest.callback.get("data") or {})
             return supervise_callback(
                 id=manifest.subject_id,
                 callback_path=data.get("path", ""),
@@ -121,6 +122,16 @@ def run(spec: dict) -> int:
                     }
                 )
             )
+
+
+def _callback_data(client: Any, data: dict) -> dict:
+    """A callback's data (import path and kwargs): the manifest holds it sealed to the
+    scheduler side, which hands it to the worker that claimed the job, through the relay."""
+    if "sealed" not in data:
+        return data
+    answer = client.get(CALLBACK_DATA_PATH)
+    answer.raise_for_status()
+    return answer.json()
 
 
 def _cpu_seconds(since: dict | None = None) -> dict[str, dict[str, float]]:

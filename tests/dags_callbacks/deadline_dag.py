@@ -10,6 +10,9 @@ from airflow.sdk import DAG, task
 from airflow.sdk.definitions.callback import SyncCallback
 from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
+# A callback's kwargs may hold secrets: the test looks for this one in the bucket.
+CALLBACK_SECRET = "callback-secret-2f9c41d7e0"
+
 with DAG(
     dag_id="missed_deadline",
     schedule=None,
@@ -18,7 +21,9 @@ with DAG(
     deadline=DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=timedelta(seconds=2),
-        callback=SyncCallback("edge_callbacks.record", kwargs={"tag": "deadline-missed"}),
+        callback=SyncCallback(
+            "edge_callbacks.record", kwargs={"tag": "deadline-missed", "secret": CALLBACK_SECRET}
+        ),
     ),
 ):
 

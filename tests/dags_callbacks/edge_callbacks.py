@@ -11,4 +11,9 @@ def record(**kwargs: object) -> None:
     """Leave a trace where the process that ran us lives (the worker's AIRFLOW_HOME)."""
     home = Path(os.environ.get("AIRFLOW_HOME", "."))
     with open(home / "callbacks.jsonl", "a") as out:
-        out.write(json.dumps({"tag": kwargs.get("tag"), "pid": os.getpid()}) + "\n")
+        out.write(
+            json.dumps(
+                {"tag": kwargs.get("tag"), "secret": kwargs.get("secret"), "pid": os.getpid()}
+            )
+            + "\n"
+        )
