@@ -6,13 +6,17 @@ copies, a fresh S3 connection and per-process set-up on every task; LocalExecuto
 this with long-lived worker processes, and so do we: a runner is forked once (after the
 worker's preload, so it starts in milliseconds), runs jobs one after another as the worker
 hands them over a pipe, and is retired after a minute without work, so an idle worker holds
-no runners. A job is stopped by signalling its runner's process group; a runner that dies
-with its job is simply replaced.
+no runners. A runner that dies with its job is simply replaced.
+
+A job is more than one process group: the Task SDK puts the task in a group of its own, and
+a task may start more. What they share is the runner's session (a runner calls setsid), so
+"the job's processes" are the runner's descendants and whatever else is left in its session.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -24,19 +28,88 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe, wait
 from typing import Any
 
+import psutil
+
 log = logging.getLogger(__name__)
 IDLE_SECONDS = 60.0  # a runner without a job for this long is retired
 JOBS_PER_RUNNER = 100  # and one that ran this many: whatever a job left behind goes with it
 
 
-def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the worker dies, so a killed worker leaves no orphan jobs
-    relaying on (the supervisor then stops its task as on any SIGTERM)."""
+GRACE_SECONDS = 5.0  # a job whose worker died gets this long after SIGTERM, then SIGKILL
+# The runner's parent-death signal: one the Task SDK leaves alone (its supervisor, which is the
+# runner, forwards SIGTERM and SIGINT to the task, and the task's SIGTERM only runs on_kill).
+WORKER_GONE = signal.SIGHUP
+
+
+def job_processes(leader: int) -> list[psutil.Process]:
+    """Every process of the job that runner ``leader`` runs, the runner itself left out: what
+    is in its session (a session id is never reused while in use), even re-parented after
+    its parent died, and the descendants of all of these (a child that started a session of
+    its own included)."""
+    roots = [leader]
+    for pid in psutil.pids():
+        with contextlib.suppress(OSError):
+            if pid != leader and os.getsid(pid) == leader:
+                roots.append(pid)
+    found: dict[int, psutil.Process] = {}
+    for pid in roots:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            found.update((p.pid, p) for p in [root, *root.children(recursive=True)])
+    found.pop(leader, None)
+    return list(found.values())
+
+
+def _send(processes: list[psutil.Process], sig: int) -> None:
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def kill_job(leader: int) -> None:
+    """SIGKILL runner ``leader`` and every process of its job at once."""
+    _send(job_processes(leader), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader, signal.SIGKILL)
+
+
+def end_job(leader: int, grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM every process of the job (the task runs ``on_kill()``), and SIGKILL those left
+    after ``grace``: in Airflow 3.3 a Python task does not end on SIGTERM."""
+    processes = job_processes(leader)
+    _send(processes, signal.SIGTERM)
+    psutil.wait_procs(processes, timeout=grace)
+    _send(job_processes(leader), signal.SIGKILL)
+
+
+def _on_worker_gone(runner: int, signum: int, frame: object) -> None:
+    """The worker died without a word (SIGKILL, the OOM killer, a crash): nobody ships this
+    job's log or reports its end any more, and a task left running would relay on as an
+    orphan, finish its try behind the scheduler's back, or run beside its retry. So the whole
+    job ends now; the worker is then seen lost and the try failed and retried elsewhere. The
+    runner's main thread stays in here until then: its supervisor relays nothing more."""
+    if os.getpid() != runner:  # inherited by a process the runner forked: behave as default
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    with contextlib.suppress(OSError):
+        os.write(2, f"edge-mailbox runner {runner}: its worker died, ending its job\n".encode())
+    end_job(runner)
+    os._exit(1)
+
+
+def _die_with_worker(worker: int) -> None:
+    """Linux: get ``WORKER_GONE`` when the worker dies, and end the job then (above). A
+    worker that died before the request took effect is seen in our parent's pid."""
+    runner = os.getpid()
+    signal.signal(WORKER_GONE, functools.partial(_on_worker_gone, runner))
     with contextlib.suppress(Exception):
         import ctypes
 
         pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, WORKER_GONE)
+    if os.getppid() != worker:
+        _on_worker_gone(runner, WORKER_GONE, None)
 
 
 def _serve(conn: Connection, run: Callable[[dict[str, Any]], int]) -> None:
@@ -61,6 +134,7 @@ class Runner:
 
     def __init__(self, run: Callable[[dict[str, Any]], int], others: list[Runner]) -> None:
         ours, theirs = Pipe()
+        worker = os.getpid()
         pid = os.fork()  # the caller is single-threaded: a fork copies only this thread
         if pid == 0:
             ours.close()
@@ -68,10 +142,10 @@ class Runner:
                 other.conn.close()
             code = 0
             try:
-                os.setsid()  # its own process group: the worker can stop a whole job tree
+                os.setsid()  # a session of its own: the worker can find a whole job tree
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the worker's handlers
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                _die_with_parent()
+                _die_with_worker(worker)
                 _serve(theirs, run)
             except BaseException:
                 traceback.print_exc()
@@ -87,15 +161,20 @@ class Runner:
         self.jobs = 0
 
     def alive(self) -> bool:
-        if self.exit_code is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid == self.pid:
-                self.exit_code = os.waitstatus_to_exitcode(status)
+        if self.exit_code is None and os.waitid(
+            os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT
+        ):
+            self._reap()
         return self.exit_code is None
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
+        kill_job(self.pid)
+        self._reap()
+
+    def _reap(self) -> None:
+        """Reap the ended runner, after killing what its job left (a runner killed alone
+        leaves its task orphaned): until reaped, its pid cannot name another process."""
+        kill_job(self.pid)
         _, status = os.waitpid(self.pid, 0)
         self.exit_code = os.waitstatus_to_exitcode(status)
 
@@ -127,10 +206,15 @@ class JobHandle:
         return self.returncode
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the runner's whole process group (supervisor and task)."""
-        if self.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.runner.pid, sig)
+        """SIGKILL: the runner and every process of its job. Another signal goes to the
+        runner's process group: its supervisor forwards SIGTERM to the task."""
+        if self.returncode is not None:
+            return
+        if sig == signal.SIGKILL:
+            kill_job(self.runner.pid)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.runner.pid, sig)
 
 
 class RunnerPool:
