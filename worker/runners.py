@@ -33,8 +33,6 @@ import psutil
 log = logging.getLogger(__name__)
 IDLE_SECONDS = 60.0  # a runner without a job for this long is retired
 JOBS_PER_RUNNER = 100  # and one that ran this many: whatever a job left behind goes with it
-
-
 GRACE_SECONDS = 5.0  # a job whose worker died gets this long after SIGTERM, then SIGKILL
 # The runner's parent-death signal: one the Task SDK leaves alone (its supervisor, which is the
 # runner, forwards SIGTERM and SIGINT to the task, and the task's SIGTERM only runs on_kill).
@@ -168,7 +166,8 @@ class Runner:
         return self.exit_code is None
 
     def kill(self) -> None:
-        kill_job(self.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
         self._reap()
 
     def _reap(self) -> None:
