@@ -104,6 +104,7 @@ class Row:
     mailbox: str
     xcoms: str
     differences: list[Difference]
+    note: str = ""  # why a task failed under both executors
 
     @property
     def verdict(self) -> str:
@@ -135,7 +136,7 @@ def row(example: str, local: RunResult, mailbox: RunResult) -> Row:
 def _cell(value: Any) -> str:
     text = value if isinstance(value, str) else repr(value)
     text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= 120 else text[:117] + "..."
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def markdown(rows: list[Row], excluded: dict[str, str], seconds: float) -> str:
@@ -148,12 +149,12 @@ def markdown(rows: list[Row], excluded: dict[str, str], seconds: float) -> str:
         f"{sum(r.verdict == 'expected difference' for r in rows)} with expected differences.",
         "",
         "| example file | DAG | task instances | LocalExecutor | MailboxExecutor "
-        "| XCom return values | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| XCom return values | verdict | failed under both because |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
         f"| {r.example} | {r.dag_id} | {r.tasks} | {r.local} | {r.mailbox} | {r.xcoms} "
-        f"| {r.verdict} |"
+        f"| {r.verdict} | {_cell(r.note)} |"
         for r in rows
     ]
     differences = [d for r in rows for d in r.differences]

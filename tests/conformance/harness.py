@@ -2,10 +2,12 @@
 
 One stack (demo/stack.py) with ``executor = LocalExecutor,MailboxExecutor``, a triggerer and
 one edge worker; its DAG folder holds two generated files per example (dagfolder.py). Runs are
-triggered through the REST API in batches, one batch per example file (both variants at once,
-the same logical date for both), at most ``window`` batches in flight, so that a DAG's own
-timeouts are not eaten by a queue of everybody else's tasks. Everything read back (states,
-XCom return values, task logs) comes from the public REST API.
+triggered through the REST API in batches, one batch per example file with both variants at
+once, at most ``window`` batches in flight so that a DAG's own timeouts are not eaten by a
+queue of everybody else's tasks. A file's DAGs share one logical date (ExternalTaskSensor
+looks for its sibling's run at that date), and each file has its own (a
+TriggerDagRunOperator's run of another file's DAG must not collide with the one triggered
+here). Everything read back (states, XCom return values, task logs) comes from the REST API.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from conformance.compare import Row, RunResult, TaskResult, as_json, markdown, row, ti_key
 from conformance.dagfolder import IMPORT_ROOT, write_dag_folder
-from conformance.examples import AFTER, CONF, EXCLUDED, EXECUTORS, SERIAL, Example, examples
+from conformance.examples import AFTER, CONF, EXCLUDED, EXECUTORS, Example, examples
 from demo.stack import MAILBOX_EXECUTOR, Stack
 from infra.devstore import DevStore
 
@@ -38,7 +40,6 @@ LOG_LINES = 15
 class Batch:
     key: str
     example: Example
-    variants: tuple[str, ...]
     after: tuple[str, ...]
     logical_date: str
     runs: list[tuple[str, str, str]] = field(default_factory=list)  # dag_id, variant, run_id
@@ -97,13 +98,7 @@ def _batches(chosen: list[Example]) -> list[Batch]:
         date = (BASE_LOGICAL_DATE + timedelta(minutes=minute)).isoformat()
         after = tuple(AFTER[example.name][:1]) if example.name in AFTER else ()
         after = tuple(a for a in after if a in {e.name for e in chosen})
-        if example.name in SERIAL:
-            first, second = EXECUTORS
-            batches.append(Batch(f"{example.name}:{first}", example, (first,), after, date))
-            key = f"{example.name}:{first}"
-            batches.append(Batch(f"{example.name}:{second}", example, (second,), (key,), date))
-        else:
-            batches.append(Batch(example.name, example, tuple(EXECUTORS), after, date))
+        batches.append(Batch(example.name, example, after, date))
     return batches
 
 
@@ -156,7 +151,7 @@ class Suite:
     # -- running -----------------------------------------------------------------------------
 
     def _start(self, batch: Batch) -> None:
-        for variant in batch.variants:
+        for variant in EXECUTORS:
             for base in sorted(self.dags.get((batch.example.name, variant), [])):
                 dag_id = f"{base}__{variant}"
                 run_id = self.stack.trigger(dag_id, CONF.get(base), logical_date=batch.logical_date)
@@ -245,6 +240,15 @@ class Suite:
                 errors += [_exception_line(e) for e in entry.get("error_detail") or []]
         return (errors or lines)[-LOG_LINES:]
 
+    def _failure_note(self, local: RunResult, mailbox: RunResult) -> str:
+        """Why a task failed under both executors (the example's own doing, most often)."""
+        for key, task in sorted(local.tasks.items()):
+            other = mailbox.tasks.get(key)
+            if task.state == "failed" and other is not None and other.state == "failed":
+                errors = [e.strip() for e in self._log_errors(local, key) if e.startswith("  ")]
+                return f"{key}: {errors[0] if errors else 'failed'}"
+        return ""
+
     def rows(self) -> list[Row]:
         out = []
         for example in self.chosen:
@@ -262,6 +266,7 @@ class Suite:
                             "LocalExecutor": self._log_errors(local, difference.task),
                             "MailboxExecutor": self._log_errors(mailbox, difference.task),
                         }
+                made.note = self._failure_note(local, mailbox)
                 out.append(made)
         return out
 
