@@ -4,11 +4,14 @@ under MailboxExecutor as under LocalExecutor, on one stack (tests/conformance)."
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conformance.examples import examples
 from conformance.harness import run_suite
+
+from infra.devpostgres import DevPostgres, PostgresMissing
 
 pytestmark = pytest.mark.e2e
 
@@ -17,12 +20,25 @@ ONLY = [n for n in os.environ.get("CONFORMANCE_ONLY", "").split(",") if n]
 REPORT = os.environ.get("CONFORMANCE_REPORT")
 
 
+@pytest.fixture
+def postgres() -> Iterator[DevPostgres]:
+    try:
+        server = DevPostgres().start()
+    except PostgresMissing as exc:
+        if os.environ.get("CI"):
+            raise  # .ci/run installs it: missing there is a failure, not a skip
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
 @pytest.mark.timeout(3600)
-def test_example_dags_conform(seaweed, tmp_path) -> None:
+def test_example_dags_conform(seaweed, postgres, tmp_path) -> None:
     report = run_suite(
         tmp_path,
         seaweed,
         examples(ONLY or None),
+        database_url=postgres.url,
         report_dir=Path(REPORT) if REPORT else None,
     )
     print(report.markdown)

@@ -276,6 +276,7 @@ def run_suite(
     store: DevStore,
     chosen: list[Example],
     *,
+    database_url: str,
     parallelism: int = 6,
     concurrency: int = 6,
     window: int = 6,
@@ -298,6 +299,9 @@ def run_suite(
             "dag_processor": {"min_file_process_interval": 3600, "refresh_interval": 5},
             "scheduler": {"min_file_process_interval": 3600},
             "api": {"maximum_page_limit": 1000},
+            # LocalExecutor's tasks, the worker's relayed calls, the triggerer and the API
+            # all write at once: on SQLite they hit "database is locked" (a 500 here).
+            "database": {"sql_alchemy_conn": database_url},
         },
     )
     with _on_pythonpath(IMPORT_ROOT):
