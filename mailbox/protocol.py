@@ -29,7 +29,7 @@ from edge_mailbox.mailbox.models import (
     Revocation,
     WireModel,
 )
-from edge_mailbox.mailbox.store import Entry, ObjectStore, Page
+from edge_mailbox.mailbox.storage import Entry, Page, Store
 from edge_mailbox.signer import KeyRing, Reason, SigningKey, VerificationError, seal, strictjson
 
 JOSE = "application/jose"
@@ -61,7 +61,7 @@ def nonce() -> str:
 class Mailbox:
     """Typed reads and writes of protocol objects in one bucket under one prefix."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.layout = Layout(store.config.prefix)
         self.bucket = store.config.bucket

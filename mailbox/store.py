@@ -1,4 +1,4 @@
-"""The object-store client: exactly the operations the protocol needs, over boto3.
+"""The object-store client: the S3 implementation of ``storage.Store``, over boto3.
 
 - ``create`` writes only if the key is absent (If-None-Match: *): how a job is claimed.
 - ``replace`` writes only if the object is unchanged (If-Match: etag): compare-and-swap.
@@ -20,8 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
 import boto3
@@ -41,16 +39,24 @@ from edge_mailbox.mailbox.accounting import RequestCounter
 from edge_mailbox.mailbox.config import StoreConfig
 from edge_mailbox.mailbox.errors import (
     AccessDenied,
-    AlreadyExists,
     ConditionalConflict,
     NotFound,
     PreconditionFailed,
     ProtocolError,
-    Stale,
     StoreError,
     StoreUnavailable,
 )
 from edge_mailbox.mailbox.s3direct import DirectObjects, last_modified
+from edge_mailbox.mailbox.storage import (
+    DEFAULT_MAX_GET_BYTES,
+    MAX_LIST_KEYS,
+    Entry,
+    Page,
+    StoredObject,
+    list_all,
+    refused_delete,
+    refused_write,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,36 +71,7 @@ _THROTTLE_CODES = {
     "ServiceUnavailable",
     "OperationAborted",
 }
-DEFAULT_MAX_GET_BYTES = 16 * 1024 * 1024
 USER_AGENT = "edge-mailbox"
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    key: str
-    body: bytes
-    etag: str
-    last_modified: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One row of a LIST page: enough to judge liveness or order without a GET."""
-
-    key: str
-    etag: str
-    size: int
-    last_modified: datetime
-
-
-@dataclass(frozen=True)
-class Page:
-    entries: list[Entry]
-    truncated: bool
-
-    @property
-    def last_key(self) -> str | None:
-        return self.entries[-1].key if self.entries else None
 
 
 class _Transient(Exception):
@@ -168,7 +145,7 @@ def make_boto_client(config: StoreConfig) -> Any:
 
 
 class ObjectStore:
-    """One bucket, with typed errors, bounded retries and request accounting."""
+    """One S3 bucket (a ``Store``), with typed errors, bounded retries and accounting."""
 
     def __init__(
         self,
@@ -305,7 +282,7 @@ class ObjectStore:
             raise self._translate(err, key) from err
 
     def list_page(
-        self, prefix: str, *, start_after: str | None = None, max_keys: int = 1000
+        self, prefix: str, *, start_after: str | None = None, max_keys: int = MAX_LIST_KEYS
     ) -> Page:
         """One LIST page of keys under ``prefix`` that sort after ``start_after``."""
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
@@ -327,13 +304,7 @@ class ObjectStore:
 
     def list_all(self, prefix: str, *, start_after: str | None = None) -> Iterator[Entry]:
         """Every key under ``prefix``, page by page. Not for hot paths: one LIST a page."""
-        after = start_after
-        while True:
-            page = self.list_page(prefix, start_after=after)
-            yield from page.entries
-            if not page.truncated or not page.entries:
-                return
-            after = page.last_key
+        return list_all(self, prefix, start_after)
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -354,13 +325,13 @@ class ObjectStore:
         ``body`` must be unique to this writer (a nonce inside): that is how an ambiguous
         outcome (our write applied, its answer lost, the retry refused) is recognised as ours.
         """
-        return self._conditional_put(key, body, content_type, {"If-None-Match": "*"}, AlreadyExists)
+        return self._conditional_put(key, body, content_type, {"If-None-Match": "*"})
 
     def replace(
         self, key: str, body: bytes, etag: str, *, content_type: str = "application/json"
     ) -> str:
         """Write only if the object still has ``etag``. Stale if it changed or is gone."""
-        return self._conditional_put(key, body, content_type, {"If-Match": etag}, Stale)
+        return self._conditional_put(key, body, content_type, {"If-Match": etag})
 
     def _conditional_put(
         self,
@@ -368,7 +339,6 @@ class ObjectStore:
         body: bytes,
         content_type: str,
         condition: dict[str, str],
-        lost: type[PreconditionFailed],
     ) -> str:
         def call() -> str:
             return self.objects.put(key, body, content_type, condition)
@@ -377,14 +347,16 @@ class ObjectStore:
             return self._run("PUT", call, key)[0]
         except ClientError as err:
             status = _status(err)
-            if status not in (404, 412) or (status == 404 and "If-None-Match" in condition):
+            create = "If-None-Match" in condition
+            lost = refused_write(status, _code(err) or str(status), create=create, key=key)
+            if lost is None:
                 raise self._translate(err, key) from err
             if getattr(err, "edge_mailbox_ambiguous", False):
                 mine = self._read_back(key, body)
                 if mine is not None:
                     log.info("conditional write to %s applied on an earlier attempt", key)
                     return mine
-            raise lost(f"conditional write lost ({_code(err) or status})", key=key) from err
+            raise lost from err
 
     def _read_back(self, key: str, body: bytes) -> str | None:
         """The ETag of ``key`` if it holds exactly ``body``, else None."""
@@ -403,10 +375,11 @@ class ObjectStore:
             self._run("DELETE", lambda: self.objects.delete(key, if_match=etag), key)
         except ClientError as err:
             status = _status(err)
-            if etag and status in (404, 412):
+            lost = refused_delete(status, _code(err) or str(status), key=key) if etag else None
+            if lost is not None:
                 if getattr(err, "edge_mailbox_ambiguous", False):
                     return  # an earlier attempt deleted it: the caller's intent holds
-                raise Stale(f"conditional delete lost ({_code(err) or status})", key=key) from err
+                raise lost from err
             if status == 404 and _code(err) != "NoSuchBucket":
                 return
             raise self._translate(err, key) from err

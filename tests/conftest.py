@@ -1,4 +1,6 @@
-"""Shared fixtures: a real SeaweedFS per test session, a fresh prefix per test, moto for units."""
+"""Shared fixtures: a real SeaweedFS per test session, a fresh prefix per test, and the
+in-memory store (or moto) for units. Every test that uses SeaweedFS is marked ``seaweed``
+here, in one place, so that ``make unit`` (``-m "not e2e and not seaweed"``) leaves it out."""
 
 from __future__ import annotations
 
@@ -14,11 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for infra.devstore
 
 from edge_mailbox.mailbox.config import RetryPolicy, StoreConfig  # noqa: E402
+from edge_mailbox.mailbox.memstore import MemoryStore  # noqa: E402
 from edge_mailbox.mailbox.store import ObjectStore  # noqa: E402
 from infra.devstore import DevStore  # noqa: E402
 
 BUCKET = "edge-mailbox-test"
 FAST_RETRY = RetryPolicy(attempts=4, initial_backoff=0.05, max_backoff=0.2, deadline=10)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``seaweed`` every test that needs the SeaweedFS fixture, directly or through
+    another fixture (``weed_store``, a test's own): its closure of fixtures names it."""
+    for item in items:
+        if "seaweed" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.seaweed)
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +81,10 @@ def moto_store(prefix: str) -> Iterator[ObjectStore]:
         store = ObjectStore(config)
         store.client.create_bucket(Bucket="moto-bucket")
         yield store
+
+
+@pytest.fixture
+def mem_store(prefix: str) -> MemoryStore:
+    """The in-memory store (atomic conditional writes, SeaweedFS's 412s): for unit tests of
+    the logic above the store. Races and exactly-once stay on ``weed_store``."""
+    return MemoryStore(StoreConfig(bucket="memory-bucket", prefix=prefix))
