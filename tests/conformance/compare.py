@@ -43,6 +43,20 @@ class Difference:
     logs: dict[str, list[str]] = field(default_factory=dict)  # variant -> error lines
 
 
+def normalize(value: Any, replacements: dict[str, str]) -> Any:
+    """``value`` with each key of ``replacements`` replaced in every string inside it: what
+    the harness itself makes differ (the variant's dag_id, each host's AIRFLOW_HOME)."""
+    if isinstance(value, str):
+        for old, new in replacements.items():
+            value = value.replace(old, new)
+        return value
+    if isinstance(value, list):
+        return [normalize(v, replacements) for v in value]
+    if isinstance(value, dict):
+        return {normalize(k, replacements): normalize(v, replacements) for k, v in value.items()}
+    return value
+
+
 def ti_key(task_id: str, map_index: int) -> str:
     return task_id if map_index < 0 else f"{task_id}[{map_index}]"
 
@@ -176,6 +190,16 @@ def markdown(rows: list[Row], excluded: dict[str, str], seconds: float) -> str:
             lines += ["", f"### {d.dag_id} {d.task}: task log errors", ""]
             for variant, log_lines in d.logs.items():
                 lines += [f"{variant}:", "", "```", *log_lines, "```", ""]
+    lines += [
+        "",
+        "## How XCom return values are compared",
+        "",
+        "Exactly, as JSON, after replacing in every string the variant's dag_id "
+        "(`<dag>__local`, `<dag>__mailbox`) by the DAG's own and each host's AIRFLOW_HOME by "
+        "`$AIRFLOW_HOME` (the edge worker has its own). These only by presence and type:",
+        "",
+        *[f"- {dag} {task}: {why}" for (dag, task), why in sorted(NONDETERMINISTIC_XCOM.items())],
+    ]
     lines += ["", "## Example files not run", "", "| file | why |", "| --- | --- |"]
     lines += [f"| {name} | {why} |" for name, why in sorted(excluded.items())]
     return "\n".join(lines) + "\n"

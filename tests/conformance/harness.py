@@ -24,7 +24,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from conformance.compare import Row, RunResult, TaskResult, as_json, markdown, row, ti_key
+from conformance.compare import (
+    Row,
+    RunResult,
+    TaskResult,
+    as_json,
+    markdown,
+    normalize,
+    row,
+    ti_key,
+)
 from conformance.dagfolder import IMPORT_ROOT, write_dag_folder
 from conformance.examples import AFTER, CONF, EXCLUDED, EXECUTORS, Example, examples
 from demo.stack import MAILBOX_EXECUTOR, Stack
@@ -34,6 +43,7 @@ from infra.devstore import DevStore
 BASE_LOGICAL_DATE = datetime(2026, 11, 4, tzinfo=timezone.utc)
 FINISHED = ("success", "failed")
 LOG_LINES = 15
+WORKER = "edge-1"
 
 
 @dataclass
@@ -197,6 +207,12 @@ class Suite:
 
     # -- reading back ------------------------------------------------------------------------
 
+    def _replacements(self, base: str, variant: str) -> dict[str, str]:
+        """A task sees its variant's dag_id (``ti_key`` strings) and its host's AIRFLOW_HOME
+        (the edge worker has one of its own): both are written back as the other's."""
+        home = self.stack.home if variant == "local" else self.stack.worker_home(WORKER)
+        return {f"{base}__{variant}": base, str(home): "$AIRFLOW_HOME"}
+
     def _collect(self, dag_id: str, variant: str, run_id: str, state: str | None) -> RunResult:
         base = dag_id.rsplit("__", 1)[0]
         result = RunResult(dag_id=base, variant=variant, run_id=run_id, state=state)
@@ -213,7 +229,8 @@ class Suite:
                 f"{path}/{entry['task_id']}/xcomEntries/return_value?map_index={entry['map_index']}",
             )["value"]
             key = ti_key(entry["task_id"], entry["map_index"])
-            result.tasks.setdefault(key, TaskResult(state=None, try_number=0)).xcom = value
+            task = result.tasks.setdefault(key, TaskResult(state=None, try_number=0))
+            task.xcom = normalize(value, self._replacements(base, variant))
         return result
 
     def _log_errors(self, result: RunResult, task: str) -> list[str]:
@@ -307,7 +324,7 @@ def run_suite(
     with _on_pythonpath(IMPORT_ROOT):
         try:
             stack.prepare(store=store)
-            stack.add_worker("edge-1", concurrency=concurrency)
+            stack.add_worker(WORKER, concurrency=concurrency)
             stack.start_airflow()
             stack.start_triggerer()
             suite = Suite(stack, chosen, window, batch_timeout)

@@ -57,3 +57,10 @@ def test_expected_difference_carries_its_reason(monkeypatch: pytest.MonkeyPatch)
     assert [d.expected for d in made.differences] == ["because"]
     assert made.verdict == "expected difference"
     assert "because" in c.markdown([made], {"y.py": "needs a cluster"}, 1.0)
+
+
+def test_normalize_replaces_inside_nested_values() -> None:
+    value = {"k__local": ["/h/dags", 1, {"x": "dag__local__t"}]}
+    assert c.normalize(value, {"dag__local": "dag", "/h": "$H"}) == {
+        "k__local": ["$H/dags", 1, {"x": "dag__t"}]
+    }
