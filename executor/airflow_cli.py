@@ -124,7 +124,7 @@ def check_command(args: Any) -> None:
     print(f"endpoint {settings.store.endpoint_url or 'AWS S3'}, region {settings.store.region}")
     print(f"scheduler key {settings.signing_key.kid}")
     print(f"trusted worker keys: {', '.join(settings.worker_keys.kids()) or 'none'}")
-    probe = f"{mailbox.layout.root}check/{uuid.uuid4().hex}"
+    probe = mailbox.layout.check_probe(uuid.uuid4().hex)
     try:
         store.create(probe, b'{"probe":1}')
         try:

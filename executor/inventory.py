@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from edge_mailbox.mailbox.errors import NotFound, ProtocolError, StoreError
-from edge_mailbox.mailbox.layout import decode_name, new_id
+from edge_mailbox.mailbox.layout import decode_name, id_time
 from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.signer import KeyRing, VerificationError
 
@@ -46,9 +46,14 @@ class JobRow:
 def workers(mailbox: Mailbox, worker_keys: KeyRing, timeout: float) -> list[WorkerRow]:
     rows = []
     now = time.time()
+    layout = mailbox.layout
     for entry in mailbox.list_heartbeats():
-        name = mailbox.layout.parse_heartbeat(entry.key) or entry.key.rsplit("/", 1)[-1]
         age = now - entry.last_modified.timestamp()
+        try:  # a hashed name cannot be decoded: its segment is all there is to show
+            name = layout.parse_heartbeat(entry.key) or layout.heartbeat_segment(entry.key)
+        except ValueError:
+            rows.append(WorkerRow(entry.key, "not a heartbeat", "", "", 0, age, "", ""))
+            continue
         try:
             hb = mailbox.read_heartbeat(name, worker_keys).model
         except (VerificationError, ProtocolError, NotFound) as exc:
@@ -74,10 +79,12 @@ def queues(mailbox: Mailbox) -> list[QueueRow]:
     """Pending (unclaimed) jobs per queue and the age of the oldest, from LIST alone."""
     now = time.time()
     found: dict[str, QueueRow] = {}
-    prefix = f"{mailbox.layout.root}queues/"
-    for entry in mailbox.store.list_all(prefix):
-        segment = entry.key[len(prefix) :].split("/", 1)[0]
-        name = decode_name(segment) or segment
+    for entry in mailbox.store.list_all(mailbox.layout.queues):
+        try:
+            segment = mailbox.layout.parse_queue_key(entry.key)
+        except ValueError:
+            continue  # a stray object beside the queues' folders
+        name = _queue_name(segment)
         row = found.setdefault(name, QueueRow(name, 0, None))
         try:
             parsed = mailbox.layout.parse_manifest(entry.key)
@@ -89,46 +96,55 @@ def queues(mailbox: Mailbox) -> list[QueueRow]:
     return sorted(found.values(), key=lambda r: r.queue)
 
 
-def _job_ids_since(mailbox: Mailbox, since: float) -> Iterator[tuple[str, set[str]]]:
-    """(job id, names of its objects) for jobs created after ``since``: ids sort by time."""
-    prefix = f"{mailbox.layout.root}jobs/"
+def _queue_name(segment: str) -> str:
+    """A queue's name from its key segment; the segment itself if hashed or malformed."""
+    try:
+        return decode_name(segment) or segment
+    except ValueError:
+        return segment
+
+
+def _job_ids_since(mailbox: Mailbox, since: float) -> Iterator[tuple[str, set[str | None]]]:
+    """(job id, kinds of its objects) for jobs created after ``since``: ids sort by time."""
+    layout = mailbox.layout
     current: str | None = None
-    names: set[str] = set()
-    start = f"{prefix}{new_id(since)[:12]}"
-    for entry in mailbox.store.list_all(prefix, start_after=start):
-        job_id, _, rest = entry.key[len(prefix) :].partition("/")
+    kinds: set[str | None] = set()
+    for entry in mailbox.store.list_all(layout.jobs, start_after=layout.jobs_since(since)):
+        try:
+            job_id, kind = layout.parse_job_key(entry.key)
+        except ValueError:
+            continue  # a stray object beside the jobs' folders
         if job_id != current:
             if current:
-                yield current, names
-            current, names = job_id, set()
-        names.add(rest)
+                yield current, kinds
+            current, kinds = job_id, set()
+        kinds.add(kind)
     if current:
-        yield current, names
+        yield current, kinds
 
 
 def jobs(mailbox: Mailbox, worker_keys: KeyRing, since_seconds: float) -> list[JobRow]:
     """Recent jobs (claimed, finished or revoked) and their states."""
     now = time.time()
     rows = []
-    for job_id, names in _job_ids_since(mailbox, now - since_seconds):
+    for job_id, kinds in _job_ids_since(mailbox, now - since_seconds):
         task = queue = worker = ""
         state = "claimed"
         try:
-            claim = mailbox.read_claim(job_id, worker_keys).model if "claim.jws" in names else None
+            signed = mailbox.read_claim(job_id, worker_keys) if "claim" in kinds else None
         except (VerificationError, ProtocolError, NotFound, StoreError):
-            claim = None
-        if claim:
-            worker, queue = claim.worker, claim.queue
-            task = _task_of(claim.manifest)
-        if "revoked.jws" in names:
+            signed = None
+        if signed:
+            worker, queue = signed.model.worker, signed.model.queue
+            task = _task_of(signed.model.manifest)
+        if "revocation" in kinds:
             state = "revoked"
-        if claim and any(n.startswith("results/") for n in names):
+        if signed and "result" in kinds:
             try:
-                kid = mailbox.read_claim(job_id, worker_keys).kid
-                state = mailbox.read_result(job_id, kid, worker_keys).model.state.value
+                state = mailbox.read_result(job_id, signed.kid, worker_keys).model.state.value
             except (VerificationError, ProtocolError, NotFound) as exc:
                 state = f"result unverified: {exc}"
-        rows.append(JobRow(job_id, task, queue, state, worker, now - int(job_id[:12], 16) / 1000))
+        rows.append(JobRow(job_id, task, queue, state, worker, now - id_time(job_id)))
     return rows
 
 
@@ -147,22 +163,24 @@ def _task_of(manifest_token: str) -> str:
 def sweep(mailbox: Mailbox, older_than: float, *, dry_run: bool = False) -> int:
     """Delete the folders of finished or revoked jobs created more than ``older_than``
     seconds ago: what the reconciler could not clean (it was down, or restarted)."""
-    prefix = f"{mailbox.layout.root}jobs/"
-    cutoff = new_id(time.time() - older_than)[:12]
+    cutoff = time.time() - older_than
     doomed: list[str] = []
     folder: list[str] = []
     current = None
     done = False
-    for entry in mailbox.store.list_all(prefix):
-        job_id = entry.key[len(prefix) :].split("/", 1)[0]
-        if job_id[:12] >= cutoff:
+    for entry in mailbox.store.list_all(mailbox.layout.jobs):
+        try:
+            job_id, kind = mailbox.layout.parse_job_key(entry.key)
+        except ValueError:
+            continue  # a stray object beside the jobs' folders: not a job's to sweep
+        if id_time(job_id) >= cutoff:
             break
         if job_id != current:
             if done:
                 doomed += folder
             current, folder, done = job_id, [], False
         folder.append(entry.key)
-        done |= mailbox.layout.is_result(entry.key) or entry.key.endswith("/revoked.jws")
+        done |= kind in ("result", "revocation")
     if done:
         doomed += folder
     if not dry_run and doomed:

@@ -25,6 +25,14 @@ _MAX_ENCODED = 120
 _PLAIN = re.compile(r"[A-Za-z0-9_-]")
 _JOB_ID = re.compile(r"^[0-9a-f]{12}[0-9a-f]{16}$")
 _REQUEST_ID = re.compile(r"^[0-9a-f]{12}[0-9a-f]{16}$")
+# The objects of a job's folder, by what follows ``jobs/{job_id}/`` in their keys.
+_JOB_OBJECTS = {
+    "claim": r"claim\.jws",
+    "result": r"results/[A-Za-z0-9_-]{1,64}\.jws",
+    "revocation": r"revoked\.jws",
+    "lease": r"taken/[0-9a-f]{28}\.json",
+    "response": r"responses/[0-9a-f]{28}\.jws",
+}
 # Priority is clamped to Airflow's int32 range and inverted, so that ascending key order (the
 # only order LIST has) yields the highest priority first, then the oldest.
 _PRIORITY_MAX = 2**31 - 1
@@ -82,6 +90,13 @@ def new_id(now: float | None = None) -> str:
     """A 28-hex-digit id that sorts by creation time (milliseconds, then 64 random bits)."""
     millis = int((time.time() if now is None else now) * 1000)
     return f"{millis:012x}{os.urandom(8).hex()}"
+
+
+def id_time(id_: str) -> float:
+    """When an id of ``new_id`` was made, in seconds since the epoch (its first 12 digits)."""
+    if not isinstance(id_, str) or not _JOB_ID.fullmatch(id_):
+        raise ValueError(f"malformed id {id_!r}")
+    return int(id_[:12], 16) / 1000
 
 
 def check_job_id(job_id: str) -> str:
@@ -154,8 +169,19 @@ class Layout:
         return f"{self.prefix}/{PROTOCOL_VERSION}/"
 
     # Queues: what workers poll.
+    @property
+    def queues(self) -> str:
+        return f"{self.root}queues/"
+
     def queue_root(self, queue: str) -> str:
-        return f"{self.root}queues/{encode_name(queue)}/"
+        return f"{self.queues}{encode_name(queue)}/"
+
+    def parse_queue_key(self, key: str) -> str:
+        """The queue segment (``encode_name``'s) of any key in a queue's folder."""
+        segment, slash, rest = key.removeprefix(self.queues).partition("/")
+        if not key.startswith(self.queues) or not segment or not slash or not rest:
+            raise ValueError(f"{key!r} is not in a queue's folder under {self.queues}")
+        return segment
 
     @property
     def queues_marker(self) -> str:
@@ -190,8 +216,29 @@ class Layout:
         )
 
     # Jobs: the durable record of one enqueue, written by whoever owns each part.
+    @property
+    def jobs(self) -> str:
+        return f"{self.root}jobs/"
+
     def job_root(self, job_id: str) -> str:
-        return f"{self.root}jobs/{check_job_id(job_id)}/"
+        return f"{self.jobs}{check_job_id(job_id)}/"
+
+    def jobs_since(self, at: float) -> str:
+        """A LIST's start-after in jobs/: the folders of jobs created at ``at`` or later (job
+        ids begin with their creation time) sort after it, all older ones before."""
+        return f"{self.jobs}{new_id(at)[:12]}"
+
+    def parse_job_key(self, key: str) -> tuple[str, str | None]:
+        """(job id, kind) of a key in a job's folder. The kind is claim, result, revocation,
+        lease or response; None for an object the protocol never writes there (a stray one,
+        still the job's). ValueError for a key that is in no job's folder."""
+        match = re.fullmatch(rf"{re.escape(self.jobs)}([0-9a-f]{{28}})/(.+)", key, re.DOTALL)
+        if not match:
+            raise ValueError(f"{key!r} is not in a job's folder under {self.jobs}")
+        for kind, pattern in _JOB_OBJECTS.items():
+            if re.fullmatch(pattern, match.group(2)):
+                return match.group(1), kind
+        return match.group(1), None
 
     def claim(self, job_id: str) -> str:
         return f"{self.job_root(job_id)}claim.jws"
@@ -202,10 +249,6 @@ class Layout:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", kid):
             raise ValueError(f"malformed key id {kid!r}")
         return f"{self.job_root(job_id)}results/{kid}.jws"
-
-    def is_result(self, key: str) -> bool:
-        pattern = rf"{re.escape(self.root)}jobs/[0-9a-f]{{28}}/results/[A-Za-z0-9_-]+\.jws"
-        return bool(re.fullmatch(pattern, key))
 
     def revocation(self, job_id: str) -> str:
         return f"{self.job_root(job_id)}revoked.jws"
@@ -281,6 +324,14 @@ class Layout:
             raise ValueError("log chunk sequence must be >= 0")
         return f"{self.log_root(ti, job_id)}{seq:08d}.chunk"
 
+    def parse_log_chunk(self, key: str, ti: TaskCoordinates) -> tuple[str, int]:
+        """(job id, seq) of one of ``ti``'s log chunks; ValueError for any other key."""
+        root = self.log_root(ti)
+        match = re.fullmatch(r"([0-9a-f]{28})/(\d{8,})\.chunk", key.removeprefix(root))
+        if not key.startswith(root) or not match:
+            raise ValueError(f"{key!r} is not a log chunk of {root}")
+        return match.group(1), int(match.group(2))
+
     # Workers: liveness in one flat folder (one LIST page shows 1,000 workers by
     # LastModified), and one command object per worker polled with a conditional GET.
     @property
@@ -292,13 +343,25 @@ class Layout:
 
     def parse_heartbeat(self, key: str) -> str | None:
         """The worker name of a heartbeat key (None for a hashed, irreversible name)."""
-        if not key.startswith(self.heartbeats) or not key.endswith(".jws"):
+        return decode_name(self.heartbeat_segment(key))
+
+    def heartbeat_segment(self, key: str) -> str:
+        """The worker's escaped name in a heartbeat key: all there is of a hashed name."""
+        segment = key.removeprefix(self.heartbeats).removesuffix(".jws")
+        well_formed = key.startswith(self.heartbeats) and key.endswith(".jws")
+        if not well_formed or not re.fullmatch(r"[A-Za-z0-9_.~-]+", segment):
             raise ValueError(f"{key!r} is not a heartbeat key")
-        return decode_name(key[len(self.heartbeats) : -len(".jws")])
+        return segment
 
     def commands(self, worker: str) -> str:
         name = encode_name(worker, kind="worker", limit=MAX_WORKER_NAME)
         return f"{self.root}commands/{name}.jws"
+
+    def check_probe(self, token: str) -> str:
+        """Where ``airflow edge-mailbox check`` proves conditional writes, then deletes."""
+        if not re.fullmatch(r"[0-9a-f]{32}", token):
+            raise ValueError(f"malformed probe token {token!r}")
+        return f"{self.root}check/{token}"
 
     # Keys: public keys announced for enrollment. Trust never comes from the bucket.
     def key_announcement(self, role: str, kid: str) -> str:

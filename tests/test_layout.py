@@ -13,6 +13,7 @@ from edge_mailbox.mailbox.layout import (
     TaskCoordinates,
     decode_name,
     encode_name,
+    id_time,
     new_id,
 )
 
@@ -117,3 +118,84 @@ def test_invalid_prefix_is_refused() -> None:
     for bad in ("", "/", "a//b"):
         with pytest.raises(ValueError, match="prefix"):
             Layout(bad)
+
+
+def test_ids_tell_when_they_were_made() -> None:
+    assert id_time(new_id(1_700_000_000.1234)) == 1_700_000_000.123
+    for bad in ("", "xyz", new_id()[:-1], new_id().upper()):
+        with pytest.raises(ValueError, match="malformed id"):
+            id_time(bad)
+
+
+def test_job_folder_keys_parse_back_to_their_job_and_kind() -> None:
+    layout = Layout()
+    job, req = new_id(), new_id()
+    keys = {
+        layout.claim(job): "claim",
+        layout.result(job, "kid-1"): "result",
+        layout.revocation(job): "revocation",
+        layout.relay_lease(job, req): "lease",
+        layout.relay_response(job, req): "response",
+        f"{layout.job_root(job)}stray.txt": None,
+        f"{layout.job_root(job)}results/../claim.jws": None,
+    }
+    for key, kind in keys.items():
+        assert layout.parse_job_key(key) == (job, kind)
+    for bad in (
+        f"{layout.jobs}{job}",
+        f"{layout.jobs}{job[:-1]}/claim.jws",
+        layout.inbox_claim(job),
+    ):
+        with pytest.raises(ValueError, match="job's folder"):
+            layout.parse_job_key(bad)
+
+
+def test_jobs_since_splits_a_listing_of_jobs_by_creation_time() -> None:
+    layout = Layout()
+    older, newer = layout.claim(new_id(999.999)), layout.claim(new_id(1000.0))
+    start = layout.jobs_since(1000.0)
+    assert start.startswith(layout.jobs) and older < start < newer
+
+
+def test_queue_folder_keys_parse_back_to_their_queue() -> None:
+    layout = Layout()
+    manifest = layout.manifest("gpu.large", new_id(), 1, 1.0)
+    assert layout.parse_queue_key(manifest) == "gpu.2elarge"
+    assert layout.parse_queue_key(layout.queue_marker("gpu.large")) == "gpu.2elarge"
+    for bad in (layout.queues_marker, f"{layout.queues}q", f"{layout.queues}/x", layout.inbox):
+        with pytest.raises(ValueError, match="queue's folder"):
+            layout.parse_queue_key(bad)
+
+
+def test_heartbeat_keys_give_their_segment_even_when_hashed() -> None:
+    layout = Layout()
+    long_name = "w" * 200
+    assert layout.parse_heartbeat(layout.heartbeat("edge 1")) == "edge 1"
+    assert layout.parse_heartbeat(layout.heartbeat(long_name)) is None
+    assert layout.heartbeat_segment(layout.heartbeat(long_name)) == encode_name(long_name)
+    for bad in (f"{layout.heartbeats}a/b.jws", f"{layout.heartbeats}.jws", layout.commands("w")):
+        with pytest.raises(ValueError, match="heartbeat key"):
+            layout.heartbeat_segment(bad)
+
+
+def test_log_chunk_keys_parse_back_only_under_their_try() -> None:
+    layout = Layout()
+    ti = TaskCoordinates(dag_id="d", run_id="r", task_id="t", try_number=2)
+    job = new_id()
+    assert layout.parse_log_chunk(layout.log_chunk(ti, job, 12), ti) == (job, 12)
+    other_try = TaskCoordinates(dag_id="d", run_id="r", task_id="t", try_number=3)
+    for bad in (
+        layout.log_chunk(other_try, job, 0),
+        f"{layout.log_root(ti, job)}0001.chunk",
+        f"{layout.log_root(ti, job)}00000001.chunk.tmp",
+    ):
+        with pytest.raises(ValueError, match="not a log chunk"):
+            layout.parse_log_chunk(bad, ti)
+
+
+def test_the_check_probe_lives_in_its_own_folder() -> None:
+    layout = Layout()
+    token = "0" * 32
+    assert layout.check_probe(token) == f"{layout.root}check/{token}"
+    with pytest.raises(ValueError, match="probe token"):
+        layout.check_probe("../claim.jws")
