@@ -40,7 +40,6 @@ from edge_mailbox.signer import SealKey
 if TYPE_CHECKING:
     from airflow.executors.workloads import ExecuteCallback, ExecuteTask
     from airflow.models.taskinstance import TaskInstance
-    from airflow.models.taskinstancekey import TaskInstanceKey
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,6 @@ class MailboxExecutor(BaseExecutor):
         self.mailbox: Mailbox | None = None
         self.reconciler: Reconciler | None = None
         self._events: queue.Queue[Event] = queue.Queue()
-        self._keys_by_job: dict[str, TaskInstanceKey] = {}
         # Final states reported to Airflow, (job id, state), recent ones: with several
         # schedulers, each job's appears in one scheduler's list only.
         self.reported: deque[tuple[str, str]] = deque(maxlen=100_000)
@@ -146,10 +144,8 @@ class MailboxExecutor(BaseExecutor):
             # A task instance queued again with the same key (a deferred task resuming, a
             # revoked one requeued): what its earlier job reports from now on is stale, and
             # would make Airflow fail the new one as "finished while queued".
-            for earlier in self._jobs_of(key):
-                self._keys_by_job.pop(earlier, None)
-                self.reconciler.supersede(earlier)
-            self._keys_by_job[job.job_id] = key
+            for earlier in self.reconciler.jobs.live_jobs_of(key):
+                self.reconciler.supersede(earlier.job_id)
             self.running.add(key)
             if isinstance(workload, ExecuteTask):
                 # The job id becomes the task instance's external_executor_id in the database:
@@ -222,10 +218,7 @@ class MailboxExecutor(BaseExecutor):
                 kind, job_id, info = self._events.get_nowait()
             except queue.Empty:
                 return
-            key = self._keys_by_job.get(job_id)
-            if key is None and self.reconciler:
-                job = self.reconciler.jobs.get(job_id)
-                key = job.ti_key if job and job.owned and not job.superseded else None
+            key = self.reconciler.jobs.report_key(job_id) if self.reconciler else None
             if key is None:
                 continue
             if kind == "running":
@@ -233,17 +226,12 @@ class MailboxExecutor(BaseExecutor):
                 self.running_state(key, job_id)
             elif kind == "success":
                 self.success(key, info)
-                self._keys_by_job.pop(job_id, None)
                 self.reported.append((job_id, kind))
             else:
                 self.fail(key, info)
-                self._keys_by_job.pop(job_id, None)
                 self.reported.append((job_id, kind))
 
     # -- revoke and adopt -------------------------------------------------------------------
-
-    def _jobs_of(self, key: TaskInstanceKey) -> list[str]:
-        return [job_id for job_id, k in self._keys_by_job.items() if k == key]
 
     def revoke_task(self, *, ti: TaskInstance) -> None:
         """Withdraw a task instance's job: Airflow does so for tasks queued too long and then
@@ -253,10 +241,9 @@ class MailboxExecutor(BaseExecutor):
         key = ti.key
         self.queued_tasks.pop(key, None)
         self.running.discard(key)
-        for job_id in self._jobs_of(key):
-            self._keys_by_job.pop(job_id, None)
-            if self.reconciler:
-                self.reconciler.revoke(job_id, "revoked by the scheduler (queued too long)")
+        if self.reconciler:
+            for job in self.reconciler.jobs.live_jobs_of(key):
+                self.reconciler.revoke(job.job_id, "revoked by the scheduler (queued too long)")
 
     def try_adopt_task_instances(self, tis: Sequence[TaskInstance]) -> Sequence[TaskInstance]:
         """Adopt the tasks a dead scheduler had sent through the bucket: the job id is their
@@ -269,7 +256,6 @@ class MailboxExecutor(BaseExecutor):
             if not self.reconciler.adopt(job_id, str(ti.id), ti.queue or "default", ti.key):
                 not_adopted.append(ti)
                 continue
-            self._keys_by_job[job_id] = ti.key
             self.running.add(ti.key)
             log.info("MailboxExecutor: adopted %s (job %s)", ti.key, job_id)
         return not_adopted
