@@ -240,11 +240,6 @@ class Layout:
                 return match.group(1), kind
         return match.group(1), None
 
-    def claim_job(self, key: str) -> str | None:
-        """The job id of a claim's key; None for any other key."""
-        match = re.fullmatch(rf"{re.escape(self.jobs)}([0-9a-f]{{28}})/claim\.jws", key)
-        return match.group(1) if match else None
-
     def claim(self, job_id: str) -> str:
         return f"{self.job_root(job_id)}claim.jws"
 
