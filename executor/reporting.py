@@ -158,7 +158,10 @@ class Reporter:
         for _ in range(3):  # a few pages at most; the rest waits for the next check
             page = self.mailbox.store.list_page(layout.jobs, start_after=after)
             for entry in page.entries:
-                job_id, kind = layout.parse_job_key(entry.key)
+                try:
+                    job_id, kind = layout.parse_job_key(entry.key)
+                except ValueError:  # a stray object under jobs/: the sweep's, not ours
+                    continue
                 if kind == "claim" and job_id in wanted:
                     log.info("edge-mailbox: found claim of %s without its notice", job_id)
                     self.on_claim(job_id, None)
