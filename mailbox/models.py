@@ -308,7 +308,7 @@ class LogChunk(WireModel):
     the signature, checked against the claim's, keeps other bucket writers out of the log."""
 
     KIND = "log-chunk"
-    MAX_BYTES = 4 * 1024 * KiB
+    MAX_BYTES = 2 * 1024 * KiB  # signed, twice that: the envelope's own limit
 
     job_id: str = Field(pattern=JOB_ID)
     seq: int = Field(ge=0)

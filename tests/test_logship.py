@@ -1,5 +1,6 @@
-"""Task logs through the bucket: LogShipper (worker) writes sealed chunks, executor/task_log.py
-reads them back, against real SeaweedFS, with dropped answers, 503s and an outage."""
+"""Task logs through the bucket: LogShipper (worker) writes signed, sealed chunks,
+executor/task_log.py reads them back, against real SeaweedFS, with dropped answers, 503s and
+an outage. (What the reader refuses: test_log_trust.py.)"""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ from edge_mailbox.executor.task_log import (
 )
 from edge_mailbox.mailbox.config import RetryPolicy
 from edge_mailbox.mailbox.layout import TaskCoordinates, new_id
-from edge_mailbox.mailbox.models import JobManifest
-from edge_mailbox.mailbox.protocol import Mailbox
+from edge_mailbox.mailbox.models import Claim, JobManifest
+from edge_mailbox.mailbox.protocol import Mailbox, nonce
 from edge_mailbox.mailbox.store import ObjectStore
-from edge_mailbox.signer import SealKey, SigningKey, open_bytes
+from edge_mailbox.signer import KeyRing, SealKey, SigningKey, open_sealed
 from edge_mailbox.worker.logship import LogShipper, cleanup_local_logs
 
 pytestmark = pytest.mark.seaweed
@@ -46,7 +47,17 @@ COORDS = TaskCoordinates(TI["dag_id"], TI["run_id"], TI["task_id"], -1, 2)
 
 @pytest.fixture
 def key() -> SigningKey:
+    """The scheduler's."""
     return SigningKey.generate()
+
+
+@pytest.fixture
+def worker() -> SigningKey:
+    return SigningKey.generate()
+
+
+def reader_for(mailbox: Mailbox, key: SigningKey, worker: SigningKey, transport=None, **kw):
+    return BucketLogReader(mailbox, key, KeyRing([worker.public]), transport, **kw)
 
 
 @pytest.fixture
@@ -61,19 +72,45 @@ def proxy(seaweed) -> Iterator[FaultProxy]:
     fp.stop()
 
 
-def manifest_for(key: SigningKey, job_id: str | None = None) -> JobManifest:
+def manifest_for(key: SigningKey, job_id: str | None = None, ti: dict = TI) -> JobManifest:
     job_id = job_id or new_id()
     return JobManifest(
         job_id=job_id,
         queue="default",
         enqueued_at=time.time(),
-        ti=TI,
+        ti=ti,
         dag_rel_path="logs_dag.py",
         bundle_info={"name": "dags-folder", "version": None},
         log_path="dag_id=logs_dag/attempt=2.log",
         seal_key=SealKey.derive(key.seed(), job_id).public,
         scheduler_version="0.1.0",
     )
+
+
+def claimed(
+    mailbox: Mailbox,
+    key: SigningKey,
+    worker: SigningKey,
+    job_id: str | None = None,
+    ti: dict = TI,
+) -> JobManifest:
+    """A manifest the scheduler signed, and the worker's claim of it in the bucket."""
+    manifest = manifest_for(key, job_id, ti)
+    queued = mailbox.put_manifest(manifest, key, ttl=600)
+    mailbox.create_claim(
+        Claim(
+            job_id=manifest.job_id,
+            queue="default",
+            worker="w1",
+            seal_key=SealKey.generate().public,
+            claimed_at=time.time(),
+            nonce=nonce(),
+            worker_version="0.1.0",
+            manifest=mailbox.store.get(queued).body.decode(),
+        ),
+        worker,
+    )
+    return manifest
 
 
 def append(path: Path, data: str) -> None:
@@ -85,26 +122,33 @@ def chunk_keys(mailbox: Mailbox) -> list[str]:
     return sorted(e.key for e in mailbox.store.list_all(mailbox.layout.log_root(COORDS)))
 
 
-def plaintexts(mailbox: Mailbox, key: SigningKey, manifest: JobManifest) -> list[bytes]:
-    """Each chunk of the job opened on its own, in seq order."""
+def plaintexts(
+    mailbox: Mailbox, key: SigningKey, worker: SigningKey, manifest: JobManifest
+) -> list[bytes]:
+    """Each chunk of the job verified and opened on its own, in seq order."""
     out = []
+    job_id = manifest.job_id
     for seq in range(len(chunk_keys(mailbox))):
-        sealed = mailbox.store.get(mailbox.layout.log_chunk(COORDS, manifest.job_id, seq)).body
-        opener = SealKey.derive(key.seed(), manifest.job_id)
-        out.append(open_bytes(sealed, opener, context=mailbox.log_context(manifest.job_id, seq)))
+        raw = mailbox.store.get(mailbox.layout.log_chunk(COORDS, job_id, seq)).body
+        signed = mailbox.verify_log_chunk(raw, COORDS, job_id, seq, KeyRing([worker.public]))
+        assert signed.kid == worker.kid
+        opener = SealKey.derive(key.seed(), job_id)
+        context = mailbox.log_context(COORDS, job_id, seq)
+        out.append(open_sealed(signed.model.sealed, opener, context=context))
     return out
 
 
 @pytest.mark.parametrize("transport", ["s3fs", "store"])
 def test_bursts_become_ordered_chunks_that_read_back_exactly(
-    mailbox: Mailbox, key: SigningKey, tmp_path: Path, transport: str
+    mailbox: Mailbox, key: SigningKey, worker: SigningKey, tmp_path: Path, transport: str
 ) -> None:
     log_file = tmp_path / "attempt=2.log"
-    manifest = manifest_for(key)
-    shipper = LogShipper(mailbox, manifest, log_file, interval=5.0)
-    reader = BucketLogReader(
+    manifest = claimed(mailbox, key, worker)
+    shipper = LogShipper(mailbox, manifest, log_file, worker, interval=5.0)
+    reader = reader_for(
         mailbox,
         key,
+        worker,
         S3fsTransport(mailbox.store.config) if transport == "s3fs" else StoreTransport(mailbox),
     )
     shipper.tick(0.0)  # no file yet: nothing, no error
@@ -126,7 +170,7 @@ def test_bursts_become_ordered_chunks_that_read_back_exactly(
         "00000001.chunk",
         "00000002.chunk",
     ]
-    assert b"".join(plaintexts(mailbox, key, manifest)) == log_file.read_bytes()
+    assert b"".join(plaintexts(mailbox, key, worker, manifest)) == log_file.read_bytes()
     task_log = reader.read(COORDS)
     assert task_log.text == log_file.read_text()
     assert task_log.chunks == 3 and task_log.problems == []
@@ -134,13 +178,13 @@ def test_bursts_become_ordered_chunks_that_read_back_exactly(
     assert manifest.job_id in task_log.sources[0]
 
 
-def test_one_list_for_the_whole_try(mailbox, key, tmp_path, seaweed, proxy) -> None:
+def test_one_list_for_the_whole_try(mailbox, key, worker, tmp_path, seaweed, proxy) -> None:
     log_file = tmp_path / "a.log"
-    shipper = LogShipper(mailbox, manifest_for(key), log_file, chunk_size=10)
+    shipper = LogShipper(mailbox, claimed(mailbox, key, worker), log_file, worker, chunk_size=10)
     append(log_file, "".join(f"line {i}\n" for i in range(5)))
     assert shipper.finish() == 5
     config = store_config(seaweed, mailbox.layout.prefix, endpoint_url=proxy.url)
-    reader = BucketLogReader(mailbox, key, S3fsTransport(config))
+    reader = reader_for(mailbox, key, worker, S3fsTransport(config))
     assert reader.read(COORDS).lines == [f"line {i}" for i in range(5)]
     lists = [p for m, p, _ in proxy.seen if m == "GET" and "list-type=2" in p]
     gets = [p for m, p, _ in proxy.seen if m == "GET" and p.endswith(".chunk")]
@@ -148,30 +192,32 @@ def test_one_list_for_the_whole_try(mailbox, key, tmp_path, seaweed, proxy) -> N
     assert not [m for m, _, _ in proxy.seen if m == "HEAD"]
 
 
-def test_chunk_size_cap_splits_backlogs_and_long_lines(mailbox, key, tmp_path) -> None:
+def test_chunk_size_cap_splits_backlogs_and_long_lines(mailbox, key, worker, tmp_path) -> None:
     log_file = tmp_path / "a.log"
-    manifest = manifest_for(key)
-    shipper = LogShipper(mailbox, manifest, log_file, interval=3600, chunk_size=250)
+    manifest = claimed(mailbox, key, worker)
+    shipper = LogShipper(mailbox, manifest, log_file, worker, interval=3600, chunk_size=250)
     shipper.tick(0.0)
     append(log_file, "".join(f"{i:03d}" + "x" * 96 + "\n" for i in range(10)))  # 100 B lines
     shipper.tick(0.1)  # 1,000 bytes wait, over chunk_size: no need to wait for the interval
-    running = plaintexts(mailbox, key, manifest)
+    running = plaintexts(mailbox, key, worker, manifest)
     assert running and all(len(c) == 200 for c in running)  # whole lines only, <= 250
     append(log_file, "L" * 600 + "\nend")  # a line longer than a chunk cannot wait forever
     shipper.finish()
-    chunks = plaintexts(mailbox, key, manifest)
+    chunks = plaintexts(mailbox, key, worker, manifest)
     assert all(len(c) <= 250 for c in chunks)
     assert b"".join(chunks) == log_file.read_bytes()
-    assert BucketLogReader(mailbox, key).read(COORDS).text == log_file.read_text()
+    assert reader_for(mailbox, key, worker).read(COORDS).text == log_file.read_text()
 
 
 def test_dropped_answers_and_503s_neither_lose_nor_duplicate(
-    seaweed, prefix, key, tmp_path, proxy
+    seaweed, prefix, key, worker, tmp_path, proxy
 ) -> None:
+    """Chunks are created once (If-None-Match): a retry sends the very same bytes, so the
+    object an unanswered attempt created is recognised as this chunk, not as a stranger's."""
     flaky = Mailbox(ObjectStore(store_config(seaweed, prefix, endpoint_url=proxy.url)))
-    manifest = manifest_for(key)
+    manifest = claimed(flaky, key, worker)
     log_file = tmp_path / "a.log"
-    shipper = LogShipper(flaky, manifest, log_file, interval=1.0)
+    shipper = LogShipper(flaky, manifest, log_file, worker, interval=1.0)
 
     def chunk(seq: int):
         name = f"{manifest.job_id}/{seq:08d}.chunk"
@@ -190,24 +236,27 @@ def test_dropped_answers_and_503s_neither_lose_nor_duplicate(
     assert shipper.seq == 2
     shipper.tick(5.0)  # the same byte range again under the same key, then the new line
     assert shipper.finish() == 4
-    reader = BucketLogReader(Mailbox(ObjectStore(store_config(seaweed, prefix))), key)
-    assert reader.read(COORDS).text == log_file.read_text()
-    opened = plaintexts(flaky, key, manifest)
+    reader = reader_for(Mailbox(ObjectStore(store_config(seaweed, prefix))), key, worker)
+    task_log = reader.read(COORDS)
+    assert task_log.text == log_file.read_text() and task_log.problems == []
+    opened = plaintexts(flaky, key, worker, manifest)
     assert opened[2] == b"burst 2 line a\nburst 2 line b\n"
     assert opened[3] == b"after the outage\n"
-    puts = [s for m, p, s in proxy.seen if m == "PUT"]
+    puts = [s for m, p, s in proxy.seen if m == "PUT" and p.split("?")[0].endswith(".chunk")]
     assert puts.count(503) == 2 and len(puts) == 2 + 3 + 5 + 1
+    # Each chunk created once; every later attempt met it (412) and found it as written.
+    assert puts.count(200) == 4 and puts.count(412) == 1 + 3 + 1
 
 
 def test_unreachable_bucket_in_tick_does_not_raise_and_data_arrives_later(
-    seaweed, prefix, key, tmp_path
+    seaweed, prefix, key, worker, tmp_path
 ) -> None:
     impatient = RetryPolicy(attempts=2, initial_backoff=0.05, max_backoff=0.1, deadline=3)
     config = store_config(seaweed, prefix, read_timeout=0.5, connect_timeout=0.5, retry=impatient)
     mailbox = Mailbox(ObjectStore(config))
-    manifest = manifest_for(key)
+    manifest = claimed(mailbox, key, worker)
     log_file = tmp_path / "a.log"
-    shipper = LogShipper(mailbox, manifest, log_file, interval=1.0)
+    shipper = LogShipper(mailbox, manifest, log_file, worker, interval=1.0)
     shipper.tick(0.0)
     append(log_file, "before\n")
     seaweed.pause()
@@ -222,7 +271,7 @@ def test_unreachable_bucket_in_tick_does_not_raise_and_data_arrives_later(
     shipper.tick(3.0)
     assert shipper.seq >= 1
     assert shipper.finish() >= 2
-    reader = BucketLogReader(Mailbox(ObjectStore(store_config(seaweed, prefix))), key)
+    reader = reader_for(Mailbox(ObjectStore(store_config(seaweed, prefix))), key, worker)
     deadline = time.monotonic() + 10  # the request sent while paused may land late: same bytes
     while time.monotonic() < deadline:
         text = reader.read(COORDS).text
@@ -230,44 +279,52 @@ def test_unreachable_bucket_in_tick_does_not_raise_and_data_arrives_later(
             break
         time.sleep(0.1)
     assert reader.read(COORDS).text == "before\nduring\nafter"
-    assert plaintexts(mailbox, key, manifest)[0] == b"before\n"
+    assert plaintexts(mailbox, key, worker, manifest)[0] == b"before\n"
 
 
-def test_skip_existing_and_several_jobs_of_one_try(mailbox, key, tmp_path) -> None:
+def test_skip_existing_and_several_jobs_of_one_try(mailbox, key, worker, tmp_path) -> None:
     log_file = tmp_path / "a.log"
-    first, second = manifest_for(key, new_id(1000.0)), manifest_for(key, new_id(1001.0))
+    first = claimed(mailbox, key, worker, new_id(1000.0))
+    second = claimed(mailbox, key, worker, new_id(1001.0))
     append(log_file, "first job\npartial")
-    assert LogShipper(mailbox, first, log_file).finish() == 1
+    assert LogShipper(mailbox, first, log_file, worker).finish() == 1
     # A resumed (deferred) task appends to the same file on the same worker.
-    shipper = LogShipper(mailbox, second, log_file, skip_existing=True)
+    shipper = LogShipper(mailbox, second, log_file, worker, skip_existing=True)
     append(log_file, "second job\n")
     assert shipper.finish() == 1
-    task_log = BucketLogReader(mailbox, key).read(COORDS)
+    task_log = reader_for(mailbox, key, worker).read(COORDS)
     # In job order, each job's lines whole: a partial last line ends where the next job begins.
     assert task_log.text == "first job\npartial\nsecond job\n"
     assert task_log.chunks == 2 and first.job_id < second.job_id
 
 
-def test_reader_refuses_foreign_chunks_and_names_gaps(mailbox, key, tmp_path) -> None:
+def test_reader_refuses_foreign_chunks_and_names_gaps(mailbox, key, worker, tmp_path) -> None:
     log_file = tmp_path / "a.log"
-    manifest = manifest_for(key, new_id(time.time()))
+    manifest = claimed(mailbox, key, worker, new_id(time.time()))
     append(log_file, "a\nb\n")
-    LogShipper(mailbox, manifest, log_file, chunk_size=2).finish()
+    LogShipper(mailbox, manifest, log_file, worker, chunk_size=2).finish()
     mailbox.store.delete(mailbox.layout.log_chunk(COORDS, manifest.job_id, 0))
-    stranger = SigningKey.generate()  # sealed to another scheduler: cannot be opened here
-    other = manifest_for(stranger, new_id(time.time() - 60))  # sorts first
-    LogShipper(mailbox, other, log_file).finish()
-    task_log = BucketLogReader(mailbox, key).read(COORDS)
-    assert task_log.text == "b\n"
+    stranger = SigningKey.generate()  # another scheduler's job: not ours to open
+    other = claimed(mailbox, stranger, worker, new_id(time.time() - 60))  # sorts first
+    LogShipper(mailbox, other, log_file, worker).finish()
+    task_log = reader_for(mailbox, key, worker).read(COORDS)
+    assert task_log.lines == [
+        f"[edge-mailbox: chunk 0 of job {other.job_id} refused: the job's claim is refused "
+        f"(unknown key id: {stranger.kid})]",
+        f"[edge-mailbox: chunks 0..0 of job {manifest.job_id} are missing]",
+        "b",
+    ]
     assert any("chunks 0..0" in p for p in task_log.problems)
     assert any("refused" in p for p in task_log.problems)
 
 
-def test_remote_log_io_and_get_task_log_never_show_a_line_twice(mailbox, key, tmp_path) -> None:
+def test_remote_log_io_and_get_task_log_never_show_a_line_twice(
+    mailbox, key, worker, tmp_path
+) -> None:
     log_file = tmp_path / "a.log"
     append(log_file, "hello\nworld\n")
-    LogShipper(mailbox, manifest_for(key), log_file).finish()
-    reader = BucketLogReader(mailbox, key)
+    LogShipper(mailbox, claimed(mailbox, key, worker), log_file, worker).finish()
+    reader = reader_for(mailbox, key, worker)
     remote = MailboxRemoteLogIO(lambda: reader, is_mailbox_task=lambda ti: True)
     ti = SimpleNamespace(**TI, state="running", executor=None)
     assert remote.processors == () and remote.upload("x", ti) is None

@@ -1,15 +1,20 @@
-"""Ship a running task's log to the bucket in sealed chunks, so the UI shows it while it runs.
+"""Ship a running task's log to the bucket in signed, sealed chunks, so the UI shows it while
+it runs.
 
 Airflow's task process appends JSON lines to ``base_log_folder/log_path``; this file stays the
 local copy. ``LogShipper`` uploads what was appended since the last upload as chunk ``seq``
-(``logs/.../try={n}/{job}/{seq:08d}.chunk``), sealed like relayed data to the scheduler
-side's key for the job. It is driven by the worker's single-threaded loop (``tick``), never by
-a thread of its own, and makes these guarantees to the reader (executor/task_log.py):
+(``logs/.../try={n}/{job}/{seq:08d}.chunk``): sealed like relayed data to the scheduler
+side's key for the job, and signed with this worker's key, the one that holds the job's claim
+(the reader believes no other). It is driven by the worker's single-threaded loop (``tick``),
+never by a thread of its own, and makes these guarantees to the reader (executor/task_log.py):
 
 - order and completeness: chunk ``seq`` holds the bytes that follow chunk ``seq - 1``; the
-  offset and ``seq`` advance only after the PUT succeeded, and a failed PUT is retried later
-  with the same key and the same byte range, so a chunk whose answer was lost and which is
-  written again replaces itself: no line is lost, none appears twice;
+  offset and ``seq`` advance only after the chunk was created, and a failed create is tried
+  again later with the very same bytes, so a chunk whose answer was lost is found there as
+  written (success): no line is lost, none appears twice;
+- a chunk is created once (If-None-Match): nobody overwrites one, not even a replay of the
+  job. A ``seq`` someone else took first is skipped (the reader shows it refused), and its
+  lines go into the next one;
 - while the task runs only complete lines are shipped (a reader never sees half a line that
   the next chunk completes); ``finish`` ships the rest, a partial last line included;
 - a chunk holds at most ``chunk_size`` bytes of log: a big backlog becomes several chunks.
@@ -24,32 +29,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_mailbox.mailbox.errors import StoreError
+from edge_mailbox.mailbox.errors import AlreadyExists, StoreError
 from edge_mailbox.mailbox.layout import TaskCoordinates
 from edge_mailbox.mailbox.models import JobManifest
 from edge_mailbox.mailbox.protocol import Mailbox
-from edge_mailbox.signer import seal_bytes
+from edge_mailbox.signer import SigningKey
 
 log = logging.getLogger("edge_mailbox.worker.logship")
 
-CHUNK_CONTENT_TYPE = "application/octet-stream"
 # How many chunks one tick may upload: a backlog keeps the next ticks busy (``tick`` ships
 # again as soon as ``chunk_size`` bytes wait), but one tick never holds the loop for long.
 MAX_CHUNKS_PER_TICK = 4
 MAX_BACKOFF = 60.0
-
-
-def coordinates(manifest: JobManifest) -> TaskCoordinates:
-    """The task-instance try a job's log belongs to, from the manifest's TaskInstance DTO."""
-    ti = manifest.ti
-    map_index = ti.get("map_index")
-    return TaskCoordinates(
-        dag_id=ti["dag_id"],
-        run_id=ti["run_id"],
-        task_id=ti["task_id"],
-        map_index=-1 if map_index is None else int(map_index),
-        try_number=int(ti["try_number"]),
-    )
+# Sealed, base64url'd and signed, a chunk grows to about 1.8 times its log bytes: this keeps
+# it well inside a LogChunk's size limit (and a signed object's, 4 MiB).
+MAX_CHUNK_SIZE = 1024 * 1024
+# Sequence numbers taken by someone else in a row after which the rest of a job's log stays
+# local: a bucket writer who created every next key must not hold the worker up for ever.
+MAX_TAKEN_IN_A_ROW = 64
 
 
 class LogShipper:
@@ -66,23 +63,30 @@ class LogShipper:
         mailbox: Mailbox,
         manifest: JobManifest,
         log_file: Path,
+        key: SigningKey,
         *,
         interval: float = 5.0,
         chunk_size: int = 256 * 1024,
         skip_existing: bool = False,
     ) -> None:
-        if chunk_size < 1:
-            raise ValueError("chunk_size must be >= 1")
+        if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+            raise ValueError(f"chunk_size must be in [1, {MAX_CHUNK_SIZE}]")
         self.mailbox = mailbox
         self.manifest = manifest
         self.log_file = Path(log_file)
+        self.key = key
         self.interval = interval
         self.chunk_size = chunk_size
-        self.coordinates = coordinates(manifest)
+        self.coordinates = TaskCoordinates.of_ti(manifest.ti)
         self.offset = self._size() if skip_existing else 0  # bytes of the file in the bucket
         self.seq = 0  # the next chunk's sequence number
         self.finished = False
-        self._retry_end: int | None = None  # end of a chunk whose upload failed: same range
+        # A chunk whose create failed: the end of its byte range, and the very bytes to create
+        # again (sealing and signing anew would make other bytes, which the bucket, finding the
+        # first attempt there, could not tell from someone else's).
+        self._retry_end: int | None = None
+        self._retry_body: bytes | None = None
+        self._taken = 0  # sequence numbers taken by someone else, in a row
         self._last_upload: float | None = None
         self._not_before = 0.0  # after a failure, the next try waits (exponential backoff)
         self._backoff = 0.0
@@ -142,14 +146,41 @@ class LogShipper:
     def _ship(self, *, complete_lines_only: bool, max_chunks: int | None) -> None:
         shipped = 0
         while max_chunks is None or shipped < max_chunks:
-            data = self._next_chunk(complete_lines_only)
+            data = b"" if self.finished else self._next_chunk(complete_lines_only)
             if not data:
                 return
-            self._upload(self.seq, data)  # raises StoreError: offset and seq stay
+            shipped += 1
+            try:
+                self._upload(self.seq, data)  # raises StoreError: offset and seq stay
+            except AlreadyExists:
+                self._skip_taken()
+                continue
             self.offset += len(data)
             self.seq += 1
-            self._retry_end = None
-            shipped += 1
+            self._retry_end = self._retry_body = None
+            self._taken = 0
+
+    def _skip_taken(self) -> None:
+        """Chunk ``seq`` holds an object this worker did not write: leave it (the reader
+        shows it refused), and put the same lines into the next one."""
+        self._taken += 1
+        log.warning(
+            "log of job %s: chunk %d was created by someone else; its lines go into chunk %d",
+            self.manifest.job_id,
+            self.seq,
+            self.seq + 1,
+        )
+        self.seq += 1
+        self._retry_end = self._retry_body = None
+        if self._taken >= MAX_TAKEN_IN_A_ROW:
+            log.error(
+                "log of job %s: %d chunks in a row were taken by someone else; the rest of the "
+                "log stays in %s",
+                self.manifest.job_id,
+                self._taken,
+                self.log_file,
+            )
+            self.finished = True
 
     def _next_chunk(self, complete_lines_only: bool) -> bytes:
         """The bytes of the next chunk, from ``offset``: the same range as a failed attempt,
@@ -176,13 +207,12 @@ class LogShipper:
         return data if full else b""  # a line still being written: wait for its end
 
     def _upload(self, seq: int, data: bytes) -> None:
-        self._retry_end = self.offset + len(data)
-        job_id = self.manifest.job_id
-        key = self.mailbox.layout.log_chunk(self.coordinates, job_id, seq)
-        sealed = seal_bytes(
-            data, self.manifest.seal_key, context=self.mailbox.log_context(job_id, seq)
-        )
-        self.mailbox.store.put(key, sealed, content_type=CHUNK_CONTENT_TYPE)
+        if self._retry_body is None:
+            self._retry_end = self.offset + len(data)
+            self._retry_body = self.mailbox.encode_log_chunk(
+                self.coordinates, self.manifest.job_id, seq, data, self.manifest.seal_key, self.key
+            )
+        self.mailbox.put_log_chunk(self.coordinates, self.manifest.job_id, seq, self._retry_body)
 
 
 @dataclass(frozen=True)
