@@ -30,7 +30,7 @@ import tenacity
 from edge_mailbox.executor import metrics
 from edge_mailbox.executor.inbox import Inbox, Item
 from edge_mailbox.executor.jobs import Job, Phase
-from edge_mailbox.executor.relay import ExecutionApi, Replayed, is_run_call, route_allowed
+from edge_mailbox.executor.relay import ExecutionApi, Replayed
 from edge_mailbox.executor.reporting import Reporter
 from edge_mailbox.executor.settings import ExecutorSettings
 from edge_mailbox.mailbox.codec import Signed
@@ -39,13 +39,13 @@ from edge_mailbox.mailbox.layout import new_id
 from edge_mailbox.mailbox.models import RelayAnswer, RelayCall, RelayRequest
 from edge_mailbox.mailbox.protocol import Lease, Mailbox
 from edge_mailbox.mailbox.relaycodec import (
-    CALLBACK_DATA_PATH,
     encode_body,
     error_answer,
     open_call,
     open_callback_data,
     seal_answer,
 )
+from edge_mailbox.mailbox.routes import CALLBACK_DATA_PATH, allowed, is_run
 from edge_mailbox.signer import SealError, SealKey, VerificationError
 
 log = logging.getLogger(__name__)
@@ -266,10 +266,10 @@ class Replayer:
             return error_answer(409, "the job has already finished")
         if call.path == CALLBACK_DATA_PATH and call.method == "GET":
             return self._callback_data(job, seal_key)
-        if not route_allowed(call.method, call.path, job.ti_id, task=job.ti_key, query=call.query):
+        if not allowed(call.method, call.path, job.ti_id, task=job.ti_key, query=call.query):
             log.warning("edge-mailbox: job %s: refused %s %s", job.job_id, call.method, call.path)
             return error_answer(403, f"{call.method} {call.path} is not a relayed route")
-        run = is_run_call(call, job.ti_id)
+        run = is_run(call.method, call.path, job.ti_id)
         if run:
             token = self.mint_token(job.ti_id, "workload")
         else:

@@ -106,12 +106,6 @@ def error_answer(status: int, detail: str) -> RelayAnswer:
     )
 
 
-# A call the scheduler side answers itself, never the Execution API: an executor callback's
-# data (its kwargs may hold secrets) travels sealed to the scheduler in the manifest, and
-# the claiming worker asks for it, to have it sealed to its own key like any answer.
-CALLBACK_DATA_PATH = "edge-mailbox/callback-data"
-
-
 def seal_callback_data(data: dict, recipient: str, context: str) -> dict:
     """A callback's data as the manifest carries it: its import path in clear (for logs and
     listings), everything else sealed to the scheduler side's per-job key."""

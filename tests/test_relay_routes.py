@@ -6,7 +6,7 @@ import pytest
 from airflow.models.callback import CallbackKey
 from airflow.models.taskinstancekey import TaskInstanceKey
 
-from edge_mailbox.executor.relay import route_allowed
+from edge_mailbox.mailbox.routes import allowed as route_allowed
 
 TI = "01a20147-3ff0-76e2-ac44-bf7425a784de"
 OTHER = "01a20147-3ff0-76e2-ac44-000000000000"

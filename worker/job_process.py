@@ -24,7 +24,7 @@ from typing import Any
 
 from edge_mailbox.mailbox.config import StoreConfig
 from edge_mailbox.mailbox.protocol import Mailbox
-from edge_mailbox.mailbox.relaycodec import CALLBACK_DATA_PATH
+from edge_mailbox.mailbox.routes import CALLBACK_DATA_PATH
 from edge_mailbox.mailbox.store import ObjectStore, make_boto_client
 from edge_mailbox.signer import KeyRing, PublicKey, SealKey, SigningKey
 from edge_mailbox.signer.keys import b64url, b64url_decode

@@ -35,19 +35,11 @@ from edge_mailbox.mailbox.relaycodec import (
     pick,
     seal_call,
 )
+from edge_mailbox.mailbox.routes import is_heartbeat, rings_at_once, written_behind
 from edge_mailbox.signer import KeyRing, SealError, SealKey, SigningKey, VerificationError
 
 log = logging.getLogger(__name__)
 BASE_URL = "http://edge-mailbox.relay/execution/"
-
-
-def written_behind(method: str, path: str) -> bool:
-    """Calls whose answer the Task SDK ignores: rendered fields and terminal states (read in
-    ``airflow/sdk/api/client.py``: ``set_rtif``, ``succeed``, ``finish``, ``retry``,
-    ``defer``, ``reschedule`` return nothing of the response)."""
-    return (method == "PUT" and path.endswith("/rtif")) or (
-        method == "PATCH" and path.endswith("/state")
-    )
 
 
 class RelayTransport(httpx.BaseTransport):
@@ -91,8 +83,8 @@ class RelayTransport(httpx.BaseTransport):
         path = request.url.path
         if not path.startswith(base):
             raise httpx.UnsupportedProtocol(f"edge-mailbox relays only {base}..., not {path}")
-        is_heartbeat = request.method == "PUT" and path.endswith("/heartbeat")
-        if is_heartbeat and started < self.quiet_until:
+        route = path[len(base) :]
+        if is_heartbeat(request.method, route) and started < self.quiet_until:
             # The Task SDK's supervisor heartbeats right after /run (its clock for
             # [workers] min_heartbeat_interval starts at zero): /run has just told the
             # server the task is alive, so this one says nothing new and would cost every
@@ -107,15 +99,15 @@ class RelayTransport(httpx.BaseTransport):
             # and the task would learn only when its wait for the answer ran out.
             return self._refuse(
                 request,
-                f"{request.method} {path[len(base) :]}: a body of {len(body)} bytes is over "
+                f"{request.method} {route}: a body of {len(body)} bytes is over "
                 f"edge-mailbox's relay limit of {MAX_RELAY_BODY} bytes "
                 f"({MAX_RELAY_BODY / 2**20:.2f} MiB); keep large data out of XComs and Variables",
             )
         request_id = self._next_request_id()
-        awaited = not written_behind(request.method, path[len(base) :])
+        awaited = not written_behind(request.method, route)
         call = RelayCall(
             method=request.method,
-            path=path[len(base) :],
+            path=route,
             query=request.url.query.decode(),
             headers=pick(dict(request.headers), REQUEST_HEADERS),
             body=encode_body(body),
@@ -132,11 +124,8 @@ class RelayTransport(httpx.BaseTransport):
         try:
             self._retry_until(give_up, lambda: self.mailbox.put_request(sealed, self.worker_key))
         except TooLarge as exc:  # a body within the limit, but long headers: signed, too large
-            return self._refuse(request, f"{request.method} {path[len(base) :]}: {exc}")
-        # A terminal state rings at once: Airflow schedules the downstream tasks from it, and
-        # the job's result comes only after the supervisor's exit. Rendered fields need no
-        # ring: the job's next call, or its result, rings in a moment.
-        if awaited or path.endswith("/state"):
+            return self._refuse(request, f"{request.method} {route}: {exc}")
+        if awaited or rings_at_once(request.method, route):
             self._retry_until(give_up, self.mailbox.ring_inbox)
         if not awaited:
             self.written_behind += 1
@@ -145,7 +134,7 @@ class RelayTransport(httpx.BaseTransport):
         answer, missed_until = self._await_answer(request_id, sent, give_up)
         answered = time.monotonic()
         self.round_trips.append(answered - started)
-        if request.method == "PATCH" and path.endswith("/run") and 200 <= answer.status < 300:
+        if request.method == "PATCH" and route.endswith("/run") and 200 <= answer.status < 300:
             self.quiet_until = started + self.heartbeat_interval / 2
         # When did the answer appear? After the last poll that missed it, before the one
         # that found it. If the first poll found it, we looked too late: guess earlier. (The
