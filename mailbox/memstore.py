@@ -94,7 +94,6 @@ class MemoryStore:
         counter: RequestCounter | None = None,
     ) -> None:
         self.config = config if config is not None else StoreConfig(bucket="memory-bucket")
-        self.bucket = self.config.bucket
         self.counter = counter if counter is not None else RequestCounter()
         self.missing_if_match = missing_if_match
         self.clock = clock
@@ -120,7 +119,8 @@ class MemoryStore:
             self._faults.setdefault(operation, []).append(_Fault(error, times, applied))
 
     def _request(self, operation: str) -> _Fault | None:
-        """Count one request; return the fault it meets, if any. Called under the lock."""
+        """Count one request. A fault it meets is raised here (the request is not applied)
+        or, if ``applied``, returned for the caller to raise once it is. Under the lock."""
         self.counter.add(OPERATIONS[operation])
         queue = self._faults.get(operation)
         if not queue:
