@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import httpx
+import tenacity
 
 from edge_mailbox.mailbox.codec import TooLarge
 from edge_mailbox.mailbox.errors import NotFound, ProtocolError, StoreError
@@ -168,18 +170,22 @@ class RelayTransport(httpx.BaseTransport):
         self.last_request_id = request_id
         return request_id
 
-    def _retry_until(self, give_up: float, action) -> None:
-        pause = self.poll_min
-        while True:
-            try:
-                action()
-                return
-            except StoreError as exc:
-                if time.monotonic() > give_up:
-                    raise httpx.ConnectError(f"bucket unreachable: {exc}") from exc
-                log.warning("relay: bucket unavailable (%s); retrying", exc)
-                time.sleep(pause)
-                pause = min(pause * 2, 5.0)
+    def _retry_until(self, give_up: float, action: Callable[[], object]) -> None:
+        """Do ``action`` until the bucket takes it, or ``give_up`` passes: then the call fails
+        as against an unreachable server, and the Task SDK retries it."""
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(StoreError),
+            stop=lambda state: time.monotonic() > give_up,
+            wait=tenacity.wait_exponential(multiplier=self.poll_min, max=5.0),
+            before_sleep=lambda state: log.warning(
+                "relay: bucket unavailable (%s); retrying", state.outcome.exception()
+            ),
+            reraise=True,
+        )
+        try:
+            retrying(action)
+        except StoreError as exc:
+            raise httpx.ConnectError(f"bucket unreachable: {exc}") from exc
 
     def _await_answer(
         self, request_id: str, sent: float, give_up: float
