@@ -190,10 +190,10 @@ def test_fuzzed_manifests_never_break_the_workers_scan(weed_store, tmp_path) -> 
         body = data.draw(claim_objects(SCHEDULER, {**bind, "job_id": m.job_id}))
         mailbox.store.put(key, body)
         try:
-            assert w._scan("q") is False  # must not raise, and claims nothing
+            assert w.finder.scan("q") is False  # must not raise, and claims nothing
         finally:
             mailbox.store.delete(key)
-        assert m.job_id in w.seen
+        assert m.job_id in w.finder.seen
 
     try:
         check()
@@ -213,7 +213,7 @@ def test_a_poisoned_manifest_is_skipped_and_the_next_one_claimed(weed_store, tmp
     w = worker(weed_store, "w", tmp_path)
     w.runners = RunnerPool(lambda spec: 0)
     try:
-        assert w._scan("q") is True
+        assert w.finder.scan("q") is True
         assert good.job_id in w.running
     finally:
         w.runners.close()
@@ -227,18 +227,18 @@ def test_a_manifest_gone_between_list_and_get_is_no_outage(weed_store, tmp_path)
     key = mailbox.put_manifest(taken, SCHEDULER, ttl=600)
     w = worker(weed_store, "w", tmp_path)
     w.runners = RunnerPool(lambda spec: 0)
-    listed = w._candidates
+    listed = w.finder.candidates
 
     def list_then_lose_the_race(queue: str):
         candidates = listed(queue)
         mailbox.store.delete(key)  # claimed by another worker, removed by the scheduler
         return candidates
 
-    w._candidates = list_then_lose_the_race
+    w.finder.candidates = list_then_lose_the_race
     try:
-        w.rescan = {"q"}
+        w.finder.rescan = {"q"}
         w._loop_once()
         assert w.interval < 1.0  # not backed off as for an outage
-        assert taken.job_id in w.seen
+        assert taken.job_id in w.finder.seen
     finally:
         w.runners.close()

@@ -282,7 +282,7 @@ def test_a_manifest_replayed_after_cleanup_meets_its_claim(seaweed, prefix, tmp_
     )
     restarted.runners = RunnerPool(lambda spec: 0)
     try:
-        assert restarted._scan("default") is False
+        assert restarted.finder.scan("default") is False
         assert not restarted.running
         assert mailbox.store.get(mailbox.layout.claim(job_id)).body == claim
     finally:

@@ -59,7 +59,7 @@ def test_highest_priority_first_then_oldest(weed_store, tmp_path) -> None:
     }
     for m in jobs.values():
         mailbox.put_manifest(m, SCHEDULER, ttl=600)
-    order = [job for _, job in worker(weed_store, "w", tmp_path)._candidates("q")[0]]
+    order = [job for _, job in worker(weed_store, "w", tmp_path).finder.candidates("q")[0]]
     by_id = {m.job_id: name for name, m in jobs.items()}
     assert [by_id[j] for j in order][2:] == ["mid", "low-old"]
     assert {by_id[j] for j in order[:2]} == {"high-new", "high-old"}  # the top priority first
@@ -71,7 +71,7 @@ def test_workers_start_at_different_jobs_of_the_top_priority(weed_store, tmp_pat
     for i in range(8):
         mailbox.put_manifest(manifest("q", 5, now - i), SCHEDULER, ttl=600)
     firsts = {
-        worker(weed_store, f"plant-{n}", tmp_path)._candidates("q")[0][0][1] for n in range(8)
+        worker(weed_store, f"plant-{n}", tmp_path).finder.candidates("q")[0][0][1] for n in range(8)
     }
     assert len(firsts) > 1  # contention is spread: not everyone races for the same key
 
@@ -81,7 +81,7 @@ def test_major_version_mismatch_stops_claiming(weed_store, tmp_path) -> None:
     future = manifest("q", 5, time.time(), version="9.0.0")
     mailbox.put_manifest(future, SCHEDULER, ttl=600)
     w = worker(weed_store, "w", tmp_path)
-    assert w._scan("q") is False
+    assert w.finder.scan("q") is False
     assert not w.accepting and "version mismatch" in w.refusal and "9.0.0" in w.refusal
     assert w.state.value == "maintenance"
     with pytest.raises(Exception, match="no such key"):

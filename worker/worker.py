@@ -32,13 +32,13 @@ from pathlib import Path
 
 from edge_mailbox import __version__
 from edge_mailbox.mailbox.config import RetryPolicy
-from edge_mailbox.mailbox.errors import AlreadyExists, NotFound, ProtocolError, StoreError
-from edge_mailbox.mailbox.models import Claim, JobManifest, JobResult, JobState, WorkerState
-from edge_mailbox.mailbox.protocol import Mailbox, nonce
-from edge_mailbox.mailbox.recent import RecentSet
+from edge_mailbox.mailbox.errors import StoreError
+from edge_mailbox.mailbox.models import JobManifest, JobResult, JobState, WorkerState
+from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.mailbox.store import ObjectStore
-from edge_mailbox.signer import SealKey, VerificationError
+from edge_mailbox.signer import SealKey
 from edge_mailbox.worker.control import RunDir
+from edge_mailbox.worker.finder import Finder
 from edge_mailbox.worker.heartbeat import build_heartbeat
 from edge_mailbox.worker.job_process import make_spec, preload, run
 from edge_mailbox.worker.logship import LogShipper, cleanup_local_logs
@@ -48,10 +48,6 @@ from edge_mailbox.worker.settings import WorkerSettings
 log = logging.getLogger("edge_mailbox.worker")
 KILL_GRACE_SECONDS = 10.0
 SEEN_JOBS = 10_000
-
-
-def major(version: str) -> str:
-    return version.split(".", 1)[0]
 
 
 @dataclass
@@ -83,12 +79,6 @@ class Worker:
     mailbox: Mailbox = field(init=False)
     running: dict[str, RunningJob] = field(default_factory=dict)
     pending: list[PendingReport] = field(default_factory=list)
-    # Job ids looked at already (claimed, lost to another worker, or refused): skipped in
-    # later LISTs. Bounded: the scheduler side removes refused manifests from the queue.
-    seen: RecentSet[str] = field(default_factory=lambda: RecentSet(SEEN_JOBS))
-    marker_etags: dict[str, str | None] = field(default_factory=dict)
-    queues_etag: str | None = None
-    rescan: set[str] = field(default_factory=set)
     stopping: bool = False
     stop_requested_at: float | None = None
     maintenance: bool = False
@@ -115,7 +105,7 @@ class Worker:
             )
         )
         self.last_cleanup = 0.0
-        self.rescan = set(self.settings.queues)  # list every queue once at start
+        self.finder = Finder(self.mailbox, self.settings, self.bundles, self)
         # Each job writes its relay statistics (round trips, requests, CPU) as it ends: the
         # worker learns the relay's typical wait from them, and benchmarks keep them.
         stats = os.environ.get("EDGE_MAILBOX_WORKER_STATS_DIR")
@@ -192,7 +182,7 @@ class Worker:
         can_poll = self.accepting and self.free_slots > 0
         if can_poll and (activity or now >= self.next_poll):
             try:
-                activity |= self._poll_queues()
+                activity |= self.finder.poll()
                 if activity:
                     self.last_activity = now
                 fresh = now - self.last_activity < self.poll_grace
@@ -269,7 +259,7 @@ class Worker:
             "running_jobs": [
                 {
                     "job_id": job_id,
-                    "task": _describe(job.manifest),
+                    "task": job.manifest.describe(),
                     "pool_slots": job.manifest.pool_slots,
                     "started_at": job.started_at,
                 }
@@ -329,151 +319,14 @@ class Worker:
             )
         )
 
-    # -- finding and claiming ----------------------------------------------------------------
+    # -- starting and finishing --------------------------------------------------------------
 
-    def _poll_queues(self) -> bool:
-        changed_any, self.queues_etag = self.mailbox.any_queue_changed(self.queues_etag)
-        if not changed_any and not self.rescan:
-            return False
-        claimed = False
-        for queue in self.settings.queues:
-            changed, etag = self.mailbox.marker_changed(queue, self.marker_etags.get(queue))
-            self.marker_etags[queue] = etag
-            if changed or queue in self.rescan:
-                self.rescan.discard(queue)
-                claimed |= self._scan(queue)
-            if self.free_slots <= 0 or not self.accepting:
-                break
-        return claimed
+    def refuse(self, reason: str) -> None:
+        """Take no new jobs (the scheduler side runs another major version); finish the rest."""
+        self.refusal = reason
 
-    def _candidates(self, queue: str) -> tuple[list[tuple[str, str]], bool]:
-        """(key, job id) of unseen manifests in claim order, and whether the page was cut.
-
-        LIST order is priority, then age. Among the jobs of the top priority, each worker
-        starts at its own offset (a hash of its name), so that many workers on one queue do
-        not all race for the same job: a lost race still costs only one request."""
-        page = self.mailbox.list_queue(queue)
-        rows: list[tuple[str, str, int]] = []
-        for entry in page.entries:
-            try:
-                parsed = self.mailbox.layout.parse_manifest(entry.key)
-            except ValueError:
-                continue
-            if parsed.job_id not in self.seen:
-                rows.append((entry.key, parsed.job_id, parsed.priority))
-        if not rows:
-            return [], page.truncated
-        top = [r for r in rows if r[2] == rows[0][2]]
-        offset = sum(self.settings.name.encode()) % len(top)
-        ordered = top[offset:] + top[:offset] + rows[len(top) :]
-        return [(key, job_id) for key, job_id, _ in ordered], page.truncated
-
-    def _scan(self, queue: str) -> bool:
-        """One LIST page of the queue; verify and claim what fits."""
-        candidates, truncated = self._candidates(queue)
-        claimed = False
-        for index, (key, job_id) in enumerate(candidates):
-            try:
-                outcome = self._consider(queue, key, job_id)
-            except StoreError:
-                raise
-            except Exception as exc:  # one poisoned manifest never stops the worker
-                log.error("refusing manifest %s: %s: %s", key, type(exc).__name__, exc)
-                outcome = "seen"
-            if outcome == "wait":
-                self.rescan.add(queue)  # look again when slots free up
-                break
-            claimed |= outcome == "claimed"
-            self.seen.add(job_id)
-            if self.free_slots <= 0 or not self.accepting:
-                if index < len(candidates) - 1:
-                    self.rescan.add(queue)
-                break
-        else:
-            if truncated:
-                self.rescan.add(queue)
-        return claimed
-
-    def _consider(self, queue: str, key: str, job_id: str) -> str:
-        """What became of one listed manifest: "claimed", "seen" (refused, taken by another
-        worker, gone) or "wait" (it needs more slots than are free now)."""
-        try:
-            raw, signed = self.mailbox.read_manifest(key, queue, self.settings.scheduler_keys)
-        except NotFound:  # another worker claimed it and the scheduler side removed it
-            log.debug("manifest %s is gone: another worker took it", key)
-            return "seen"
-        except (VerificationError, ProtocolError) as exc:
-            log.warning("refusing manifest %s: %s", key, exc)
-            return "seen"
-        manifest = signed.model
-        if not self._acceptable(job_id, manifest):
-            return "seen"
-        if manifest.pool_slots > self.free_slots:
-            return "wait"
-        return "claimed" if self._claim(queue, raw, manifest) else "seen"
-
-    def _acceptable(self, job_id: str, manifest: JobManifest) -> bool:
-        if major(manifest.scheduler_version) != major(__version__):
-            self.refusal = (
-                f"version mismatch: the scheduler side runs edge-mailbox "
-                f"{manifest.scheduler_version}, this worker {__version__}; finishing running "
-                "jobs, taking no new ones"
-            )
-            log.error("%s (job %s)", self.refusal, job_id)
-            return False
-        bundle = str(manifest.bundle_info.get("name"))
-        if self.bundles is not None and bundle not in self.bundles:
-            log.warning(
-                "not claiming job %s: it needs DAG bundle %r, and this worker has only %s "
-                "([dag_processor] dag_bundle_config_list must match the scheduler's)",
-                job_id,
-                bundle,
-                ", ".join(sorted(self.bundles)) or "none",
-            )
-            return False
-        if manifest.pool_slots > self.settings.concurrency:
-            log.warning(
-                "not claiming job %s: it needs %d slots; this worker has %d",
-                job_id,
-                manifest.pool_slots,
-                self.settings.concurrency,
-            )
-            return False
-        return True
-
-    def _claim(self, queue: str, raw: bytes, manifest: JobManifest) -> bool:
-        seal_key = SealKey.generate()
-        claim = Claim(
-            job_id=manifest.job_id,
-            queue=queue,
-            worker=self.settings.name,
-            seal_key=seal_key.public,
-            claimed_at=time.time(),
-            nonce=nonce(),
-            worker_version=__version__,
-            manifest=raw.decode("ascii"),
-        )
-        try:
-            self.mailbox.create_claim(claim, self.settings.key)
-        except AlreadyExists:
-            return False
-        log.info("claimed job %s (%s)", manifest.job_id, _describe(manifest))
-        try:
-            revocation = self.mailbox.revoked(manifest.job_id, self.settings.scheduler_keys)
-        except (StoreError, VerificationError, ProtocolError) as exc:
-            revocation = None  # the relay refuses a revoked job's first call anyway
-            log.warning("could not check job %s for a revocation: %s", manifest.job_id, exc)
-        if revocation is not None:
-            log.warning("not starting job %s: %s", manifest.job_id, revocation.reason)
-            return True
-        self._start(queue, raw, manifest, seal_key)
-        try:  # no ring: the job's first relay call rings the inbox in a moment, or its result
-            self.mailbox.notify(self.mailbox.layout.inbox_claim(manifest.job_id), ring=False)
-        except StoreError as exc:  # the scheduler side also finds claims through relay calls
-            log.warning("claim notice for %s failed (%s)", manifest.job_id, exc)
-        return True
-
-    def _start(self, queue: str, raw: bytes, manifest: JobManifest, seal_key: SealKey) -> None:
+    def start(self, queue: str, raw: bytes, manifest: JobManifest, seal_key: SealKey) -> None:
+        """Run a claimed job in a runner, its log shipped as it grows."""
         stats_path = self.stats_dir / f"{manifest.job_id}.json"
         spec = make_spec(
             self.settings.store,
@@ -498,7 +351,7 @@ class Worker:
             manifest, process, time.time(), stats_path, shipper=shipper
         )
 
-    # -- finishing ---------------------------------------------------------------------------
+    # -- reaping and reporting -------------------------------------------------------------
 
     def _reap(self) -> bool:
         finished = False
@@ -591,10 +444,6 @@ class Worker:
         )
         if done.files:
             log.info("removed %d old local task logs (%d bytes)", done.files, done.bytes)
-
-
-def _describe(manifest: JobManifest) -> str:
-    return manifest.describe()
 
 
 def check_airflow_config() -> tuple[Path, set[str]]:
