@@ -18,22 +18,17 @@ A storage error never crashes it: what could not be written waits and is retried
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import signal
-import statistics
-import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_mailbox import __version__
 from edge_mailbox.mailbox.config import RetryPolicy
 from edge_mailbox.mailbox.errors import StoreError
-from edge_mailbox.mailbox.models import JobManifest, JobResult, JobState, WorkerState
+from edge_mailbox.mailbox.models import JobManifest, WorkerState
 from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.mailbox.store import ObjectStore
 from edge_mailbox.signer import SealKey
@@ -41,33 +36,15 @@ from edge_mailbox.worker.control import RunDir
 from edge_mailbox.worker.finder import Finder
 from edge_mailbox.worker.heartbeat import build_heartbeat
 from edge_mailbox.worker.job_process import make_spec, preload, run
+from edge_mailbox.worker.jobstats import JobStats
 from edge_mailbox.worker.logship import LogShipper, cleanup_local_logs
-from edge_mailbox.worker.runners import JobHandle, RunnerPool
+from edge_mailbox.worker.outbox import Outbox, RunningJob
+from edge_mailbox.worker.runners import RunnerPool
 from edge_mailbox.worker.settings import WorkerSettings
 
 log = logging.getLogger("edge_mailbox.worker")
 KILL_GRACE_SECONDS = 10.0
 SEEN_JOBS = 10_000
-
-
-@dataclass
-class RunningJob:
-    manifest: JobManifest
-    process: JobHandle
-    started_at: float
-    stats_path: Path
-    shipper: LogShipper | None = None
-    killed: str = ""  # why the worker killed it, if it did
-    term_sent_at: float | None = None
-
-
-@dataclass
-class PendingReport:
-    """A finished job whose log and result are not in the bucket yet (it was unreachable)."""
-
-    job: RunningJob
-    exit_code: int
-    finished_at: float
 
 
 @dataclass
@@ -78,7 +55,6 @@ class Worker:
     run_dir: RunDir | None = None
     mailbox: Mailbox = field(init=False)
     running: dict[str, RunningJob] = field(default_factory=dict)
-    pending: list[PendingReport] = field(default_factory=list)
     stopping: bool = False
     stop_requested_at: float | None = None
     maintenance: bool = False
@@ -106,14 +82,8 @@ class Worker:
         )
         self.last_cleanup = 0.0
         self.finder = Finder(self.mailbox, self.settings, self.bundles, self)
-        # Each job writes its relay statistics (round trips, requests, CPU) as it ends: the
-        # worker learns the relay's typical wait from them, and benchmarks keep them.
-        stats = os.environ.get("EDGE_MAILBOX_WORKER_STATS_DIR")
-        self.keep_stats = bool(stats)
-        self.stats_dir = (
-            Path(stats) if stats else Path(tempfile.mkdtemp(prefix="edge-mailbox-worker-"))
-        )
-        self.relay_waits: deque[float] = deque(maxlen=16)  # the last few jobs': load changes
+        self.stats = JobStats()
+        self.outbox = Outbox(self.mailbox, self.settings.name, self.settings.key)
         self.started = time.monotonic()
         self.runners = RunnerPool(run)
 
@@ -152,14 +122,16 @@ class Worker:
         )
         self._heartbeat(WorkerState.STARTING)
         try:
-            while not (self.stopping and not self.running and not self.pending):
+            while not (self.stopping and not self.running and not self.outbox):
                 self._loop_once()
         finally:
             self._heartbeat(WorkerState.OFFLINE)
             self.runners.close()
-            self._write_stats()
-            if not self.keep_stats:
-                shutil.rmtree(self.stats_dir, ignore_errors=True)
+            totals = {
+                "requests": self.mailbox.store.counter.snapshot(),
+                "seconds": time.monotonic() - self.started,
+            }
+            self.stats.close(self.settings.name, totals)
             if self.run_dir:
                 self.run_dir.release()
         log.info("worker %s stopped", self.settings.name)
@@ -197,7 +169,7 @@ class Worker:
             self.next_poll = time.monotonic() + self.interval
         elif not can_poll:  # no poll due: still a turn a second (control file, drain, logs)
             self.next_poll = max(self.next_poll, time.monotonic() + 1.0)
-        self._report_pending()
+        self.outbox.deliver()
         self.runners.retire_idle()
         self._heartbeat_if_due()
         pause = max(0.0, self.next_poll - time.monotonic())
@@ -308,17 +280,6 @@ class Worker:
         if self.run_dir:
             self.run_dir.write_status(self.status())
 
-    def _write_stats(self) -> None:
-        path = self.stats_dir / f"worker-{self.settings.name}.json"
-        path.write_text(
-            json.dumps(
-                {
-                    "requests": self.mailbox.store.counter.snapshot(),
-                    "seconds": time.monotonic() - self.started,
-                }
-            )
-        )
-
     # -- starting and finishing --------------------------------------------------------------
 
     def refuse(self, reason: str) -> None:
@@ -327,7 +288,7 @@ class Worker:
 
     def start(self, queue: str, raw: bytes, manifest: JobManifest, seal_key: SealKey) -> None:
         """Run a claimed job in a runner, its log shipped as it grows."""
-        stats_path = self.stats_dir / f"{manifest.job_id}.json"
+        stats_path = self.stats.path_for(manifest.job_id)
         spec = make_spec(
             self.settings.store,
             raw.decode("ascii"),
@@ -338,7 +299,7 @@ class Worker:
             self.settings.scheduler_keys,
             self.settings.relay_deadline,
             stats_path,
-            relay_wait=self._typical_relay_wait(),
+            relay_wait=self.stats.typical_relay_wait(),
         )
         shipper = None
         if manifest.log_path and manifest.ti:  # before the fork: skips what the file held
@@ -361,70 +322,10 @@ class Worker:
                 continue
             del self.running[job_id]
             log.info("job %s exited with %d", job_id, code)
-            self._absorb_stats(job)
-            self.pending.append(PendingReport(job, code, time.time()))
+            self.stats.absorb(job.stats_path)
+            self.outbox.add(job, code, time.time())
             finished = True
         return finished
-
-    def _typical_relay_wait(self) -> float:
-        """The median of recent relay answer waits (as the jobs estimated them): a new job
-        polls for its first answer a little before that."""
-        return statistics.median(self.relay_waits) if self.relay_waits else 0.1
-
-    def _absorb_stats(self, job: RunningJob) -> None:
-        """Learn how long relay answers take from a finished job (the next jobs poll for
-        theirs at about that time), then drop its statistics unless a benchmark keeps them."""
-        try:
-            stats = json.loads(job.stats_path.read_text())
-            self.relay_waits.extend(float(w) for w in stats.get("answer_waits", []))
-        except (OSError, ValueError, TypeError, AttributeError):
-            return  # a killed job writes none; the estimate just stays as it was
-        finally:
-            if not self.keep_stats:
-                job.stats_path.unlink(missing_ok=True)
-
-    def _report_pending(self) -> None:
-        """Deliver finished jobs' results, then ring the inbox once for all of them."""
-        delivered = False
-        try:
-            for report in list(self.pending):
-                try:
-                    self._report(report)
-                except StoreError as exc:
-                    log.warning(
-                        "result of %s waits: bucket unavailable (%s)",
-                        report.job.manifest.job_id,
-                        exc,
-                    )
-                    return
-                self.pending.remove(report)
-                delivered = True
-        finally:
-            if delivered:
-                try:
-                    self.mailbox.ring_inbox()
-                except StoreError as exc:  # the scheduler side also LISTs now and then
-                    log.warning("inbox ring failed (%s); results are found on a later LIST", exc)
-
-    def _report(self, report: PendingReport) -> None:
-        manifest = report.job.manifest
-        chunks = report.job.shipper.finish() if report.job.shipper else 0
-        ok = report.exit_code == 0 and not report.job.killed
-        message = report.job.killed or (
-            "" if ok else f"task process exited with {report.exit_code}"
-        )
-        result = JobResult(
-            job_id=manifest.job_id,
-            worker=self.settings.name,
-            state=JobState.SUCCESS if ok else JobState.FAILED,
-            exit_code=report.exit_code,
-            started_at=report.job.started_at,
-            finished_at=report.finished_at,
-            message=message,
-            log_chunks=chunks,
-        )
-        self.mailbox.put_result(result, self.settings.key)
-        self.mailbox.notify(self.mailbox.layout.inbox_result(manifest.job_id), ring=False)
 
     def _cleanup_logs_if_due(self) -> None:
         """Rotate the local copies of task logs, once an hour, sparing unreported jobs."""
@@ -433,7 +334,7 @@ class Worker:
         self.last_cleanup = time.monotonic()
         keep = {
             self.base_log_folder / job.manifest.log_path
-            for job in [*self.running.values(), *(p.job for p in self.pending)]
+            for job in [*self.running.values(), *self.outbox.jobs()]
             if job.manifest.log_path
         }
         done = cleanup_local_logs(
