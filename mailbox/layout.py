@@ -362,9 +362,3 @@ class Layout:
         if not re.fullmatch(r"[0-9a-f]{32}", token):
             raise ValueError(f"malformed probe token {token!r}")
         return f"{self.root}check/{token}"
-
-    # Keys: public keys announced for enrollment. Trust never comes from the bucket.
-    def key_announcement(self, role: str, kid: str) -> str:
-        if role not in ("scheduler", "worker") or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", kid):
-            raise ValueError(f"invalid key announcement {role!r}/{kid!r}")
-        return f"{self.root}keys/{role}/{kid}.pem"

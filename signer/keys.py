@@ -70,10 +70,6 @@ class PublicKey:
     def kid(self) -> str:
         return key_id(self.key)
 
-    @property
-    def raw(self) -> bytes:
-        return _raw_public(self.key)
-
     def to_pem(self) -> str:
         return self.key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -216,7 +216,7 @@ FORBIDDEN = {
     "revoke a job": obj("s3:PutObject", LAYOUT.revocation(JOB)),
     "take a relay lease": obj("s3:PutObject", LAYOUT.relay_lease(JOB, REQ)),
     "command a worker": obj("s3:PutObject", LAYOUT.commands("w")),
-    "announce a key": obj("s3:PutObject", LAYOUT.key_announcement("scheduler", "k")),
+    "write under keys/": obj("s3:PutObject", f"{LAYOUT.root}keys/scheduler/k.pem"),
     "write outside the prefix": obj("s3:PutObject", "elsewhere/x"),
     "delete a manifest": obj("s3:DeleteObject", LAYOUT.manifest("default", JOB, 1, 0.0)),
     "delete a claim": obj("s3:DeleteObject", LAYOUT.claim(JOB)),

@@ -18,7 +18,6 @@ import json
 import linecache
 import resource
 import ssl
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -205,12 +204,3 @@ def relay_client(transport: RelayTransport) -> Any:
             return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
     return RelayClient(base_url=BASE_URL, token=RELAY_TOKEN, transport=transport)
-
-
-def main() -> None:
-    spec = json.loads(sys.stdin.buffer.read())
-    sys.exit(run(spec))
-
-
-if __name__ == "__main__":
-    main()
