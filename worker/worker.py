@@ -1,17 +1,18 @@
-"""The worker process: find jobs in its queues, verify, claim, run, report.
+"""The worker process: find jobs in its queues, run them, report them. Read it top to bottom.
 
-Single-threaded by design, so that it can fork one process per job (see job_process.py):
+Single-threaded by design: it imports Airflow's Task SDK once and runs jobs in runner
+processes forked from it (runners.py: one per running job, reused for the next ones). Each
+turn of its loop:
 
-- it polls one all-queues change marker with a conditional GET, its queues' own markers only
-  when that changed, and LISTs a queue only when its marker changed or slots freed while jobs
-  waited; it polls fast while busy and backs off to ``poll_max`` when idle;
-- it verifies a manifest's signature and binding before anything else, claims it with a
-  conditional create, and forks the job's process;
-- when a job's process exits it uploads the task's log and writes the signed result;
-- it writes a heartbeat every ``heartbeat_interval`` and when its state changes (between
-  idle and running: at the next regular heartbeat);
-- it obeys SIGTERM/SIGINT and its run folder's control file (maintenance), drains running
-  jobs, and kills them after ``drain_timeout``.
+- reap the jobs that ended (the loop sleeps on their runners' pipes and wakes at once) and
+  deliver their logs and results (outbox.py);
+- ship each running job's new log lines (logship.py);
+- when due, poll the queues and claim what fits (finder.py): fast for ``poll_grace`` after
+  activity, backing off to ``poll_max`` without it;
+- heartbeat every ``heartbeat_interval`` and when its state changes in a way that matters
+  centrally;
+- obey SIGTERM/SIGINT and its run folder's control file (maintenance), drain running jobs,
+  and kill them after ``drain_timeout``.
 
 A storage error never crashes it: what could not be written waits and is retried.
 """
