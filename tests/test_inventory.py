@@ -145,6 +145,7 @@ def test_sweep_deletes_only_old_finished_jobs_folders(mailbox: Mailbox) -> None:
     mailbox.store.put(stray, b"")
     assert sweep(mailbox, older_than=600, dry_run=True) == 5  # 2 + stray, then 2
     assert sweep(mailbox, older_than=600) == 5
-    left = {mailbox.layout.parse_job_key(e.key) for e in mailbox.store.list_all(mailbox.layout.jobs)}
+    layout = mailbox.layout
+    left = {layout.parse_job_key(e.key) for e in mailbox.store.list_all(layout.jobs)}
     assert left == {(old_running, "claim"), (new_done, "claim"), (new_done, "result")}
     assert old_gone not in {job for job, _ in left}
