@@ -130,14 +130,33 @@ def test_a_result_whose_notice_the_dead_owner_consumed_is_found_on_adoption(
         assert drain(adopter.events) == [("success", job_id, None)]
 
 
+def lists(sched: Scheduler) -> int:
+    """How many LISTs this scheduler's reconciler has sent."""
+    return sched.reconciler.mailbox.store.counter.snapshot().get("LIST", 0)
+
+
+def look_twice_more(sched: Scheduler) -> None:
+    """Wait until the reconciler has listed the inbox twice more: whatever it meant to do
+    with what it saw, it has done."""
+    seen = lists(sched)
+    wait_until(lambda: lists(sched) >= seen + 2, "two more looks at the inbox")
+
+
+# Each test below keeps the item young with the default timeout (an hour), then lets it be
+# old with a timeout of one second: neither half depends on how fast the machine gets there.
+
+
 def test_a_notice_nobody_owns_is_deleted_after_the_inbox_item_timeout(seaweed, prefix) -> None:
-    scheduler, worker, config, settings, mailbox = setup(seaweed, prefix, inbox_item_timeout=2)
+    scheduler, worker, config, settings, mailbox = setup(seaweed, prefix)
     job_id = claimed_job(mailbox, scheduler, worker).job_id
     finish(mailbox, worker, job_id)
     notice = mailbox.layout.inbox_result(job_id)
     with Scheduler(config, settings) as other:
         wait_until(lambda: job_id in other.reconciler.jobs, "the scheduler to see it")
+        look_twice_more(other)
         assert mailbox.store.head(notice)  # young: kept for its owner
+        assert drain(other.events) == []
+    with Scheduler(config, dataclasses.replace(settings, inbox_item_timeout=1)) as other:
         wait_until(
             lambda: not list(mailbox.store.list_all(mailbox.layout.inbox)), "the old notice gone"
         )
@@ -149,12 +168,16 @@ def test_an_item_signed_by_a_key_never_trusted_is_deleted_after_the_timeout(
 ) -> None:
     """Parked items wait for their worker's key to be enrolled, but not forever: otherwise
     anyone able to write to the bucket could fill the inbox."""
-    scheduler, _, config, settings, mailbox = setup(seaweed, prefix, inbox_item_timeout=2)
+    scheduler, _, config, settings, mailbox = setup(seaweed, prefix)
     stranger = SigningKey.generate()
     job_id = claimed_job(mailbox, scheduler, stranger).job_id
-    mailbox.notify(mailbox.layout.inbox_claim(job_id))
+    notice = mailbox.layout.inbox_claim(job_id)
+    mailbox.notify(notice)
     with Scheduler(config, settings) as sched:
         wait_until(lambda: bool(sched.reconciler.parked), "the claim to be parked")
+        look_twice_more(sched)
+        assert mailbox.store.head(notice) and sched.reconciler.parked  # young: it waits
+    with Scheduler(config, dataclasses.replace(settings, inbox_item_timeout=1)) as sched:
         wait_until(
             lambda: not list(mailbox.store.list_all(mailbox.layout.inbox)), "the parked claim gone"
         )
