@@ -396,10 +396,13 @@ class Stack:
 
     def all_results_in(self, client: Any) -> bool:
         """Every claimed job has its result, and the inbox is empty (all of it was read)."""
-        keys = [e.key for e in client.list_all(f"{self.prefix}/v1/")]
-        claims = {k.rsplit("/", 1)[0] for k in keys if k.endswith("/claim.jws")}
-        results = {k.rsplit("/", 2)[0] for k in keys if "/results/" in k}
-        inbox = [k for k in keys if "/v1/inbox/" in k]
+        from edge_mailbox.mailbox.layout import Layout
+
+        layout = Layout(self.prefix)
+        kinds = [layout.parse_job_key(e.key) for e in client.list_all(layout.jobs)]
+        claims = {job for job, kind in kinds if kind == "claim"}
+        results = {job for job, kind in kinds if kind == "result"}
+        inbox = list(client.list_all(layout.inbox))
         return bool(claims) and claims == results and not inbox
 
     def log_tail(self, name: str, lines: int = 40) -> str:
