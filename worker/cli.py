@@ -13,6 +13,7 @@ from pathlib import Path
 from edge_mailbox import __version__
 from edge_mailbox.signer import KeyFileError, SigningKey
 from edge_mailbox.worker.control import RunDir, default_run_dir
+from edge_mailbox.worker.settings import add_flags
 
 EPILOG = """\
 examples:
@@ -139,33 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edge-mailbox {__version__}")
-    parser.add_argument("--bucket", help="the shared bucket ([edge_mailbox] bucket)")
-    parser.add_argument("--prefix", help="key prefix in the bucket (default edge-mailbox)")
-    parser.add_argument("--endpoint-url", dest="endpoint_url", help="S3 endpoint (MinIO, ...)")
-    parser.add_argument("--region", help="bucket region")
-    parser.add_argument("--proxy", help="HTTP(S) proxy for the bucket")
-    parser.add_argument(
-        "--addressing-style", dest="addressing_style", choices=["auto", "path", "virtual"]
-    )
-    parser.add_argument(
-        "--queues", help="comma-separated queues to take jobs from (default: default)"
-    )
-    parser.add_argument("--concurrency", help="slots: tasks take pool_slots each (default 8)")
-    parser.add_argument("--name", help="worker name (default: host name)")
-    parser.add_argument("--key", help="this worker's private key (default worker.pem)")
-    parser.add_argument(
-        "--scheduler-key", dest="scheduler_key", help="scheduler public key file(s) to trust"
-    )
-    parser.add_argument(
-        "--drain-timeout",
-        dest="drain_timeout",
-        help="seconds running tasks may finish after stop (default 600)",
-    )
-    parser.add_argument(
-        "--heartbeat-interval",
-        dest="heartbeat_interval",
-        help="seconds between heartbeats (default 30)",
-    )
+    add_flags(parser)  # one per worker option: --bucket, --queues, --concurrency, ...
     parser.add_argument(
         "--run-dir",
         dest="run_dir",
