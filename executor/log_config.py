@@ -48,7 +48,7 @@ def _remote_task_log() -> Any:
             __name__,
         )
         return None
-    from edge_mailbox.executor.task_log import MailboxRemoteLogIO
+    from edge_mailbox.executor.log_airflow import MailboxRemoteLogIO
 
     return MailboxRemoteLogIO()
 

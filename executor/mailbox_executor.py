@@ -27,9 +27,9 @@ from airflow.utils.state import TaskInstanceState
 
 from edge_mailbox import __version__
 from edge_mailbox.executor import metrics
+from edge_mailbox.executor.log_airflow import read_running_log
 from edge_mailbox.executor.reconciler import Event, Job, Reconciler
 from edge_mailbox.executor.settings import ExecutorSettings, load_settings
-from edge_mailbox.executor.task_log import read_running_log
 from edge_mailbox.mailbox.layout import new_id
 from edge_mailbox.mailbox.models import JobManifest
 from edge_mailbox.mailbox.protocol import Mailbox
@@ -266,7 +266,7 @@ class MailboxExecutor(BaseExecutor):
         """``(sources, lines)`` of a RUNNING task's log, from the chunks its worker uploads.
 
         Airflow calls this in the api-server, on an instance whose ``start()`` never ran, so
-        the bucket and key come from airflow.cfg on first use (task_log.reader_from_conf).
+        the bucket and key come from airflow.cfg on first use (log_airflow.reader_from_conf).
         The sources are never empty: otherwise Airflow would ask the worker's log server on
         port 8793, which edge workers do not run and cannot be reached on."""
         return read_running_log(ti, try_number)

@@ -14,15 +14,7 @@ scheduler's signing seed. Anything else shows as a line ``[edge-mailbox: chunk N
 refused: why]`` instead. A finished job's claim is deleted a while after it ended: its chunks
 are then checked against the trusted worker keys (one signer per job), and the source line
 names the signer.
-
-Two doors lead here from Airflow's ``FileTaskHandler._read``:
-
-- ``MailboxExecutor.get_task_log`` while the task is RUNNING (``read_running_log``);
-- ``MailboxRemoteLogIO.read`` (``[logging] logging_config_class``, see log_config.py) once it
-  is not. It answers nothing for a RUNNING task, so that no line is shown twice.
-
-Both always name a source: an answer without one sends Airflow to the worker's log server
-(port 8793), which an edge worker does not have and could not be reached on anyway.
+Airflow reaches this reader through log_airflow.py.
 """
 
 from __future__ import annotations
@@ -32,31 +24,27 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
-from edge_mailbox.mailbox.errors import NotFound, ProtocolError, StoreError
+from edge_mailbox.executor.log_transport import MAX_CHUNK_BYTES, Transport, default_transport
+from edge_mailbox.mailbox.errors import NotFound, ProtocolError
 from edge_mailbox.mailbox.layout import TaskCoordinates
-from edge_mailbox.mailbox.models import LogChunk
 from edge_mailbox.signer import KeyRing, SealError, SealKey, VerificationError, open_sealed
 
 if TYPE_CHECKING:
-    from edge_mailbox.mailbox.config import StoreConfig
     from edge_mailbox.mailbox.protocol import Mailbox
     from edge_mailbox.signer import SigningKey
 
 log = logging.getLogger(__name__)
 
-# A signed chunk's size limit; LogShipper's are far smaller (256 KiB of log by default).
-MAX_CHUNK_BYTES = LogChunk.MAX_BYTES * 2
 # What one read fetches at most: the UI reads a running task's whole log every few seconds.
 MAX_READ_CHUNKS = 2000
 MAX_READ_BYTES = 64 * 1024 * 1024
 # Verified claim holders remembered (a claim is created once and never changes).
 HOLDERS_KEPT = 4096
 _CHUNK = re.compile(r"([0-9a-f]{28})/(\d{8,})\.chunk")
-_RUNNING = "running"
 NO_LOG_YET = (
     "edge-mailbox: no log of this try is in the bucket yet (the worker uploads it every few "
     "seconds while the task runs, and the rest when it ends)"
@@ -79,101 +67,6 @@ class TaskLog:
             return []
         lines = self.text.split("\n")
         return lines[:-1] if lines[-1] == "" else lines
-
-
-class Transport(Protocol):
-    """LIST and GET, the two reads the log reader needs."""
-
-    def list(self, prefix: str) -> list[tuple[str, int]]: ...
-
-    def fetch(self, keys: list[str]) -> list[bytes | Exception]: ...
-
-
-class S3fsTransport:
-    """fsspec/s3fs: one recursive LIST (paged), then the chunks fetched concurrently.
-
-    Built on first use, not at import nor in a parent process: s3fs runs an event loop in a
-    thread of its own, which a fork (uvicorn workers) would not carry over."""
-
-    def __init__(self, config: StoreConfig) -> None:
-        self.config = config
-        self._fs: Any = None
-        self._lock = threading.Lock()
-
-    @property
-    def fs(self) -> Any:
-        with self._lock:
-            if self._fs is None:
-                import s3fs
-
-                c = self.config
-                config_kwargs: dict[str, Any] = {
-                    "s3": {"addressing_style": c.addressing_style},
-                    "connect_timeout": c.connect_timeout,
-                    "read_timeout": c.read_timeout,
-                    "max_pool_connections": c.max_pool_connections,
-                }
-                if c.proxy:
-                    config_kwargs["proxies"] = {"http": c.proxy, "https": c.proxy}
-                self._fs = s3fs.S3FileSystem(
-                    key=c.access_key_id,
-                    secret=c.secret_access_key,
-                    token=c.session_token,
-                    profile=c.profile,
-                    endpoint_url=c.endpoint_url,
-                    client_kwargs={"region_name": c.region or "us-east-1", "verify": c.verify_tls},
-                    config_kwargs=config_kwargs,
-                    use_listings_cache=False,  # a running task's folder grows between reads
-                    skip_instance_cache=True,
-                    max_concurrency=1,  # no HEAD before each GET: chunks are small
-                )
-            return self._fs
-
-    def _path(self, key: str) -> str:
-        return f"{self.config.bucket}/{key}"
-
-    def list(self, prefix: str) -> list[tuple[str, int]]:
-        try:
-            found = self.fs.find(self._path(prefix), detail=True)
-        except Exception as exc:  # botocore, aiohttp and OSError subclasses alike
-            raise StoreError(f"LIST failed: {exc}", key=prefix) from exc
-        skip = len(self.config.bucket) + 1
-        return [(name[skip:], int(info.get("size") or 0)) for name, info in found.items()]
-
-    def fetch(self, keys: list[str]) -> list[bytes | Exception]:
-        if not keys:
-            return []
-        try:
-            return list(self.fs.cat_ranges([self._path(k) for k in keys], None, None))
-        except Exception as exc:
-            raise StoreError(f"GET failed: {exc}") from exc
-
-
-class StoreTransport:
-    """The protocol's own ObjectStore (boto3): for hosts without s3fs. GETs one by one."""
-
-    def __init__(self, mailbox: Mailbox) -> None:
-        self.store = mailbox.store
-
-    def list(self, prefix: str) -> list[tuple[str, int]]:
-        return [(e.key, e.size) for e in self.store.list_all(prefix)]
-
-    def fetch(self, keys: list[str]) -> list[bytes | Exception]:
-        out: list[bytes | Exception] = []
-        for key in keys:
-            try:
-                out.append(self.store.get(key, max_bytes=MAX_CHUNK_BYTES).body)
-            except StoreError as exc:
-                out.append(exc)
-        return out
-
-
-def default_transport(mailbox: Mailbox) -> Transport:
-    try:
-        import s3fs  # noqa: F401
-    except ImportError:
-        return StoreTransport(mailbox)
-    return S3fsTransport(mailbox.store.config)
 
 
 @dataclass(frozen=True)
@@ -397,136 +290,3 @@ def _note(data: bytearray, what: str) -> None:
 
 def _describe(ti: TaskCoordinates) -> str:
     return f"{ti.dag_id}.{ti.task_id} run {ti.run_id} map {ti.map_index} try {ti.try_number}"
-
-
-def coordinates_of(ti: Any, try_number: int | None = None) -> TaskCoordinates:
-    """The bucket's coordinates of an Airflow TaskInstance (or TaskInstanceHistory) try."""
-    map_index = getattr(ti, "map_index", -1)
-    return TaskCoordinates(
-        dag_id=ti.dag_id,
-        run_id=ti.run_id,
-        task_id=ti.task_id,
-        map_index=-1 if map_index is None else int(map_index),
-        try_number=int(try_number if try_number is not None else ti.try_number),
-    )
-
-
-# -- one reader per process, built from airflow.cfg on first use -------------------------------
-
-_shared: BucketLogReader | None = None
-_shared_lock = threading.Lock()
-_warned: set[str] = set()
-
-
-def reader_from_conf() -> BucketLogReader:
-    """A reader built from ``[edge_mailbox]``: the bucket, the scheduler's signing key and the
-    trusted worker keys.
-
-    Cached for the process: the api-server asks for logs every few seconds per open page."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            from airflow.configuration import conf
-
-            from edge_mailbox.executor.settings import load_settings
-            from edge_mailbox.mailbox.protocol import Mailbox
-            from edge_mailbox.mailbox.store import ObjectStore
-
-            execution_api_url = conf.get("core", "execution_api_server_url", fallback="") or "-"
-            settings = load_settings(conf, execution_api_url)  # unused here: logs need no API
-            _shared = BucketLogReader(
-                Mailbox(ObjectStore(settings.store)),
-                settings.signing_key,
-                settings.worker_keys,
-                worker_keys_spec=settings.worker_keys_spec,
-                keys_check_interval=settings.worker_check_interval,
-            )
-        return _shared
-
-
-def _failure(what: str, exc: Exception) -> str:
-    message = f"edge-mailbox: could not read the task's log from the bucket: {exc}"
-    key = f"{what}:{type(exc).__name__}"
-    if key not in _warned:  # once per kind of failure, not once per UI poll
-        _warned.add(key)
-        log.warning("%s (%s)", message, what)
-    return message
-
-
-def read_running_log(
-    ti: Any, try_number: int, reader: Callable[[], BucketLogReader] = reader_from_conf
-) -> tuple[list[str], list[str]]:
-    """``(sources, lines)`` of a RUNNING task for ``BaseExecutor.get_task_log``.
-
-    The sources list is never empty, whatever happens: that is what keeps Airflow from asking
-    the worker's log server."""
-    try:
-        task_log = reader().read(coordinates_of(ti, try_number))
-    except Exception as exc:  # config, bucket, names: the UI shows why, the api-server lives on
-        return [_failure("get_task_log", exc)], []
-    return task_log.sources, task_log.lines
-
-
-class MailboxRemoteLogIO:
-    """Airflow's RemoteLogIO for the UI's reads of finished tasks' logs.
-
-    Workers upload; ``upload`` is a no-op here. ``read`` answers only for tasks that ran on
-    MailboxExecutor (a LocalExecutor task beside it keeps its local log) and only when they
-    are not RUNNING (``MailboxExecutor.get_task_log`` serves those: both are consulted)."""
-
-    def __init__(
-        self,
-        reader: Callable[[], BucketLogReader] = reader_from_conf,
-        is_mailbox_task: Callable[[Any], bool] | None = None,
-    ) -> None:
-        self._reader = reader
-        self._is_mailbox_task = is_mailbox_task or runs_on_mailbox_executor
-
-    @property
-    def processors(self) -> tuple[Any, ...]:
-        return ()
-
-    def upload(self, path: Any, ti: Any = None) -> None:
-        """Workers upload their own logs to the bucket; nothing to do on this side."""
-
-    def read(self, relative_path: str, ti: Any) -> tuple[list[str], list[str] | None]:
-        if not self._is_mailbox_task(ti) or _state(ti) == _RUNNING:
-            return [], []
-        try:
-            task_log = self._reader().read(coordinates_of(ti))
-        except Exception as exc:
-            message = _failure("remote log read", exc)
-            return [message], [message]  # a line: an empty answer sends Airflow to port 8793
-        if not task_log.chunks:
-            return task_log.sources, [NO_LOG_YET]
-        return task_log.sources, task_log.lines
-
-
-def _state(ti: Any) -> str | None:
-    state = getattr(ti, "state", None)
-    return getattr(state, "value", state)
-
-
-_executor_kind: dict[str | None, bool] = {}
-
-
-def runs_on_mailbox_executor(ti: Any) -> bool:
-    """Whether ``ti`` ran (or runs) on MailboxExecutor: its ``executor``, else the default."""
-    name = getattr(ti, "executor", None) or None
-    if name not in _executor_kind:
-        try:
-            from airflow.executors.executor_loader import ExecutorLoader
-
-            from edge_mailbox.executor.mailbox_executor import MailboxExecutor
-
-            found = (
-                ExecutorLoader.lookup_executor_name_by_str(name)
-                if name
-                else ExecutorLoader.get_default_executor_name()
-            )
-            cls, _ = ExecutorLoader.import_executor_cls(found)
-            _executor_kind[name] = isinstance(cls, type) and issubclass(cls, MailboxExecutor)
-        except Exception as exc:
-            log.warning("edge-mailbox: cannot tell which executor runs %r: %s", name, exc)
-            return False
-    return _executor_kind[name]

@@ -16,14 +16,9 @@ import pytest
 from conftest import store_config
 from faults import FaultProxy
 
-from edge_mailbox.executor.task_log import (
-    NO_LOG_YET,
-    BucketLogReader,
-    MailboxRemoteLogIO,
-    S3fsTransport,
-    StoreTransport,
-    read_running_log,
-)
+from edge_mailbox.executor.log_airflow import MailboxRemoteLogIO, read_running_log
+from edge_mailbox.executor.log_transport import S3fsTransport, StoreTransport
+from edge_mailbox.executor.task_log import NO_LOG_YET, BucketLogReader
 from edge_mailbox.mailbox.config import RetryPolicy
 from edge_mailbox.mailbox.layout import TaskCoordinates, new_id
 from edge_mailbox.mailbox.models import Claim, JobManifest
