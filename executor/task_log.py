@@ -20,7 +20,6 @@ Airflow reaches this reader through log_airflow.py.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -44,7 +43,6 @@ MAX_READ_CHUNKS = 2000
 MAX_READ_BYTES = 64 * 1024 * 1024
 # Verified claim holders remembered (a claim is created once and never changes).
 HOLDERS_KEPT = 4096
-_CHUNK = re.compile(r"([0-9a-f]{28})/(\d{8,})\.chunk")
 NO_LOG_YET = (
     "edge-mailbox: no log of this try is in the bucket yet (the worker uploads it every few "
     "seconds while the task runs, and the rest when it ends)"
@@ -128,7 +126,7 @@ class BucketLogReader:
     def read(self, coordinates: TaskCoordinates) -> TaskLog:
         """The try's log; StoreError when the bucket cannot be read."""
         root = self.mailbox.layout.log_root(coordinates)
-        listed, problems = self._chunks(root, self.transport.list(root))
+        listed, problems = self._chunks(coordinates, self.transport.list(root))
         if not listed:
             return TaskLog(sources=[f"{self.url(root)}: {NO_LOG_YET}"], problems=problems)
         chunks, cut = self._cap(listed, root)
@@ -262,17 +260,18 @@ class BucketLogReader:
             log.warning("edge-mailbox: keeping the trusted worker keys as they were: %s", exc)
 
     def _chunks(
-        self, root: str, listing: Iterable[tuple[str, int]]
+        self, coordinates: TaskCoordinates, listing: Iterable[tuple[str, int]]
     ) -> tuple[list[_Chunk], list[str]]:
         chunks, problems = [], []
         for key, size in listing:
-            match = _CHUNK.fullmatch(key[len(root) :]) if key.startswith(root) else None
-            if not match:
+            try:
+                job_id, seq = self.mailbox.layout.parse_log_chunk(key, coordinates)
+            except ValueError:
                 continue  # not a chunk (a stray object); never ours to interpret
             if size > MAX_CHUNK_BYTES:
                 problems.append(f"{self.url(key)} skipped: {size} bytes is over the limit")
                 continue
-            chunks.append(_Chunk(match.group(1), int(match.group(2)), key, size))
+            chunks.append(_Chunk(job_id, seq, key, size))
         chunks.sort(key=lambda c: (c.job_id, c.seq))
         return chunks, problems
 
