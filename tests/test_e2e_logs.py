@@ -72,10 +72,16 @@ def stack(seaweed, tmp_path) -> Iterator[Stack]:
         prefix=f"logs-{secrets.token_hex(4)}",
     )
     stack.prepare(store=seaweed)
-    stack.add_worker("edge-1")
+    stack.add_worker("edge-1", EDGE_LOGS_RELEASE=str(release_file(stack)))
     stack.start_airflow()
     yield stack
     stack.stop(keep_store=True)
+
+
+def release_file(stack: Stack) -> Path:
+    """Where chatty looks, once its lines are printed, for leave to end: until the test has
+    read its log while it runs, it runs, however slow the machine."""
+    return stack.root / "release-chatty"
 
 
 def events(content: list[dict[str, Any]]) -> list[str]:
@@ -115,9 +121,10 @@ def test_task_log_from_the_bucket_while_running_and_after(
             raise AssertionError("chatty ended before its first lines showed")
         return seen if LINES[0] in seen else None
 
-    seen = stack.wait_for(first_lines_while_running, 30, "the first lines while running")
+    seen = stack.wait_for(first_lines_while_running, 60, "the first lines while running")
     assert_no_served_logs("\n".join(seen))
     assert seen.count(LINES[0]) == 1
+    release_file(stack).touch()
 
     assert stack.wait_for_run(DAG_ID, run_id, timeout=180) == "success", stack.log_tail(
         "worker-edge-1"

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -16,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from demo.stack import Stack
+from demo.stack import BIN, Stack
 
 pytestmark = pytest.mark.e2e
 DAGS = Path(__file__).parent / "dags_worker"
@@ -104,37 +105,78 @@ def kill_tree(pid: int) -> None:
             proc.send_signal(signal.SIGKILL)
 
 
+def release(stack: Stack, name: str) -> dict[str, str]:
+    """The environment that lets a worker's held_nap end once ``release_file`` exists."""
+    return {"EDGE_TEST_RELEASE": str(release_file(stack, name))}
+
+
+def release_file(stack: Stack, name: str) -> Path:
+    return stack.root / f"release-{name}"
+
+
 def test_worker_killed_mid_task_is_retried_elsewhere(stack: Stack) -> None:
-    first = stack.add_worker("naps-1", queues="naps", concurrency=1, options=FAST)
-    stack.wait_for_dag("long_nap")
-    run_id = stack.trigger("long_nap")
-    stack.wait_for(lambda: "nap" in claims_by_task(stack), 120, "the first claim")
-    second = stack.add_worker("naps-2", queues="naps", concurrency=1, options=FAST)
-    kill_tree(first.pid)
+    held = release(stack, "killed")
+    first = stack.add_worker("naps-1", queues="naps", concurrency=1, options=FAST, **held)
+    stack.wait_for_dag("held_nap")
+    run_id = stack.trigger("held_nap")
+    log_path = stack.log_files["worker-naps-1"]
+    stack.wait_for(lambda: "claimed job" in log_path.read_text(), 120, "the first claim")
+    second = stack.add_worker("naps-2", queues="naps", concurrency=1, options=FAST, **held)
+    kill_tree(first.pid)  # the nap is held: it is running, however slow the machine
     killed_at = time.monotonic()
-    state = stack.wait_for_run("long_nap", run_id, timeout=180)
+    release_file(stack, "killed").touch()  # the second try may end
+    state = stack.wait_for_run("held_nap", run_id, timeout=180)
     assert state == "success", stack.log_tail("scheduler")
-    (ti,) = stack.task_instances("long_nap", run_id)
+    (ti,) = stack.task_instances("held_nap", run_id)
     assert ti["try_number"] == 2
-    assert claims_by_task(stack)["nap"] == ["naps-1", "naps-2"]
-    # Detected within the worker timeout (15 s) plus the check interval and the rerun (20 s).
-    assert time.monotonic() - killed_at < 15 + 2 + 20 + 30
+    assert [c["worker"] for c in stack.claims() if c["manifest"]["ti"]["dag_id"] == "held_nap"] == [
+        "naps-1",
+        "naps-2",
+    ]
+    # Detected within the worker timeout (15 s) plus the check interval, and rerun.
+    assert time.monotonic() - killed_at < 15 + 2 + 50
     os.kill(second.pid, signal.SIGTERM)
 
 
 def test_maintenance_drains_then_resumes(stack: Stack) -> None:
+    stack.wait_for_dag("held_nap")
     stack.wait_for_dag("long_nap")
-    worker = stack.add_worker("naps-3", queues="naps", concurrency=1, options=FAST)
-    run_id = stack.trigger("long_nap")
-    stack.wait_for(lambda: "naps-3" in claims_by_task(stack).get("nap", []), 120, "a claim")
-    started = time.monotonic()
-    done = stack.worker_cli("naps-3", "maintenance", "on", "--comment", "disk swap", "--wait")
-    assert done.returncode == 0, done.stderr
-    # --wait returned once the task was done on the worker (the run follows in the scheduler).
-    (ti,) = stack.task_instances("long_nap", run_id)
-    assert ti["state"] == "success", ti
-    assert stack.wait_for_run("long_nap", run_id, timeout=60) == "success"
-    assert time.monotonic() - started > 5
+    worker = stack.add_worker(
+        "naps-3", queues="naps", concurrency=1, options=FAST, **release(stack, "maintenance")
+    )
+    run_id = stack.trigger("held_nap")
+    log_path = stack.log_files["worker-naps-3"]
+    stack.wait_for(lambda: "claimed job" in log_path.read_text(), 120, "a claim")
+    command = ["maintenance", "on", "--comment", "disk swap", "--wait", "--timeout", "300"]
+    waiting = subprocess.Popen(  # while the held nap runs
+        [str(BIN / "edge-mailbox-worker"), *command],
+        env=stack.env(stack.worker_home("naps-3")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def draining() -> bool:
+        status = json.loads(stack.worker_cli("naps-3", "status").stdout)
+        return status["state"] == "maintenance pending" and len(status["running_jobs"]) == 1
+
+    try:
+        stack.wait_for(draining, 60, "the worker to drain")
+        assert waiting.poll() is None  # --wait waits for the running task ...
+        release_file(stack, "maintenance").touch()
+        out, err = waiting.communicate(timeout=120)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.communicate()
+    assert waiting.returncode == 0 and "worker is in maintenance" in out, err
+    # ... and returned once the task was done on the worker: its result is in the bucket (its
+    # end reaches Airflow through the scheduler a moment later).
+    (job_id,) = [c["job_id"] for c in stack.claims() if c["manifest"]["ti"]["run_id"] == run_id]
+    client = stack.bucket_client()
+    (result_key,) = [e.key for e in client.list_all(f"{stack.prefix}/v1/jobs/{job_id}/results/")]
+    assert stack.signed_body(client, result_key)["state"] == "success"
+    assert stack.wait_for_run("held_nap", run_id, timeout=60) == "success"
     status = json.loads(stack.worker_cli("naps-3", "status").stdout)
     assert status["state"] == "maintenance" and status["maintenance_comment"] == "disk swap"
     # In maintenance it takes nothing new ...
@@ -154,25 +196,25 @@ def test_maintenance_drains_then_resumes(stack: Stack) -> None:
 
 
 def test_task_marked_failed_in_the_ui_is_killed_on_the_worker(stack: Stack) -> None:
-    stack.wait_for_dag("long_nap")
+    stack.wait_for_dag("doomed_nap")
     stack.add_worker("naps-4", queues="naps", concurrency=1, options=FAST)
-    run_id = stack.trigger("long_nap")
+    run_id = stack.trigger("doomed_nap")
     log_path = stack.log_files["worker-naps-4"]
     stack.wait_for(lambda: "claimed job" in log_path.read_text(), 120, "the claim")
     stack.wait_for(
-        lambda: (stack.task_instances("long_nap", run_id) or [{}])[0].get("state") == "running",
+        lambda: (stack.task_instances("doomed_nap", run_id) or [{}])[0].get("state") == "running",
         60,
         "the task to run",
     )
     marked = time.monotonic()
     stack._request(
         "PATCH",
-        f"/api/v2/dags/long_nap/dagRuns/{run_id}/taskInstances/nap",
+        f"/api/v2/dags/doomed_nap/dagRuns/{run_id}/taskInstances/nap",
         {"new_state": "failed"},
     )
-    stack.wait_for(lambda: "exited with" in log_path.read_text(), 60, "the task to be killed")
-    assert time.monotonic() - marked < 20  # the 20 s nap did not run to its end
-    assert stack.run_state("long_nap", run_id) == "failed"
+    stack.wait_for(lambda: "exited with" in log_path.read_text(), 120, "the task to be killed")
+    assert time.monotonic() - marked < 300  # killed: the nap alone lasts 300 s
+    assert stack.run_state("doomed_nap", run_id) == "failed"
 
 
 def test_stop_kills_what_outlives_the_drain_timeout(stack: Stack) -> None:

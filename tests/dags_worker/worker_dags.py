@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import timedelta
 
@@ -21,6 +22,20 @@ def nap(seconds: float) -> float:
     return started
 
 
+@task
+def held_nap() -> None:
+    """Stay running until the test creates the file named by EDGE_TEST_RELEASE on the worker:
+    a task that is surely still running when the test acts on it, however slow the machine."""
+    release = os.environ["EDGE_TEST_RELEASE"]
+    deadline = time.monotonic() + 600
+    print("held nap started", flush=True)
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{release} never appeared")
+        time.sleep(0.2)
+    print("held nap released", flush=True)
+
+
 with DAG(dag_id="slots", schedule=None, start_date=START, catchup=False):
     nap.override(task_id="two_slots", pool_slots=2, queue="slots")(8)
     nap.override(task_id="one_slot_a", queue="slots")(8)
@@ -35,6 +50,12 @@ with DAG(dag_id="two_queues", schedule=None, start_date=START, catchup=False):
 
 with DAG(dag_id="long_nap", schedule=None, start_date=START, catchup=False):
     nap.override(task_id="nap", queue="naps", retries=1, retry_delay=timedelta(seconds=1))(20)
+
+with DAG(dag_id="held_nap", schedule=None, start_date=START, catchup=False):
+    held_nap.override(task_id="nap", queue="naps", retries=1, retry_delay=timedelta(seconds=1))()
+
+with DAG(dag_id="doomed_nap", schedule=None, start_date=START, catchup=False):
+    nap.override(task_id="nap", queue="naps", retries=0)(300)
 
 with DAG(dag_id="outage_nap", schedule=None, start_date=START, catchup=False):
     nap.override(task_id="nap", queue="outage")(60)
