@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_mailbox import __version__
+from edge_mailbox.mailbox.options import SECTION, WorkerOptions, default
 from edge_mailbox.signer import KeyFileError, SigningKey
 from edge_mailbox.worker.control import RunDir, default_run_dir
 from edge_mailbox.worker.settings import add_flags
@@ -62,13 +63,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _worker_name(args: argparse.Namespace) -> str:
     """The name as the running worker resolved it: flag, [edge_mailbox] worker_name, host."""
-    import socket
-
     if getattr(args, "name", None):
         return str(args.name)
     from airflow.configuration import conf
 
-    return conf.get("edge_mailbox", "worker_name", fallback="") or socket.gethostname()
+    name = conf.get(SECTION, "worker_name", fallback="")
+    return name or default(WorkerOptions, "worker_name")
 
 
 def _run_dir(args: argparse.Namespace) -> RunDir:
