@@ -3,8 +3,8 @@
 Anyone who can write to the bucket can write anything: a JWS header of 100,000 nested
 brackets, a signed payload whose times overflow a float, a claim whose timestamp is 1e308,
 an empty object. Each such item is refused and removed on its own, and the items behind it
-are handled as usual. Real SeaweedFS, the real reconciler and worker; the fuzz tests drive
-their read paths with thousands of generated objects.
+are handled as usual. The real reconciler on SeaweedFS, the real worker on the in-memory
+store; the fuzz tests drive their read paths with a thousand generated objects.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.signer import SigningKey, sign
 from edge_mailbox.signer.keys import b64url
 from edge_mailbox.worker.runners import RunnerPool
-
-pytestmark = pytest.mark.seaweed
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 
@@ -171,9 +169,9 @@ def test_fuzzed_claims_never_break_the_reconcilers_poll(seaweed, prefix) -> None
 
 
 @pytest.mark.timeout(900)
-def test_fuzzed_manifests_never_break_the_workers_scan(weed_store, tmp_path) -> None:
-    mailbox = Mailbox(weed_store)
-    w = worker(weed_store, "fuzz", tmp_path)
+def test_fuzzed_manifests_never_break_the_workers_scan(mem_store, tmp_path) -> None:
+    mailbox = Mailbox(mem_store)
+    w = worker(mem_store, "fuzz", tmp_path)
     w.runners = RunnerPool(lambda spec: 0)
     bind = {"bucket": mailbox.bucket, "prefix": mailbox.layout.prefix, "queue": "q"}
 
@@ -201,8 +199,8 @@ def test_fuzzed_manifests_never_break_the_workers_scan(weed_store, tmp_path) -> 
         w.runners.close()
 
 
-def test_a_poisoned_manifest_is_skipped_and_the_next_one_claimed(weed_store, tmp_path) -> None:
-    mailbox = Mailbox(weed_store)
+def test_a_poisoned_manifest_is_skipped_and_the_next_one_claimed(mem_store, tmp_path) -> None:
+    mailbox = Mailbox(mem_store)
     now = time.time()
     poisoned = manifest("q", 5, now - 10)
     mailbox.store.put(
@@ -210,7 +208,7 @@ def test_a_poisoned_manifest_is_skipped_and_the_next_one_claimed(weed_store, tmp
     )
     good = manifest("q", 1, now)
     mailbox.put_manifest(good, SCHEDULER, ttl=600)
-    w = worker(weed_store, "w", tmp_path)
+    w = worker(mem_store, "w", tmp_path)
     w.runners = RunnerPool(lambda spec: 0)
     try:
         assert w.finder.scan("q") is True
@@ -219,13 +217,13 @@ def test_a_poisoned_manifest_is_skipped_and_the_next_one_claimed(weed_store, tmp
         w.runners.close()
 
 
-def test_a_manifest_gone_between_list_and_get_is_no_outage(weed_store, tmp_path) -> None:
+def test_a_manifest_gone_between_list_and_get_is_no_outage(mem_store, tmp_path) -> None:
     """Another worker claimed it and the scheduler side deleted it: skip it, poll on at the
     usual rate (issue: user-found defects, item 3)."""
-    mailbox = Mailbox(weed_store)
+    mailbox = Mailbox(mem_store)
     taken = manifest("q", 1, time.time())
     key = mailbox.put_manifest(taken, SCHEDULER, ttl=600)
-    w = worker(weed_store, "w", tmp_path)
+    w = worker(mem_store, "w", tmp_path)
     w.runners = RunnerPool(lambda spec: 0)
     listed = w.finder.candidates
 

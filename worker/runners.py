@@ -115,7 +115,7 @@ def _serve(conn: Connection, run: Callable[[dict[str, Any]], int]) -> None:
     while True:
         try:
             spec = json.loads(conn.recv_bytes())
-        except EOFError:
+        except (EOFError, ConnectionResetError):  # hung up (with our last answer unread)
             return
         code = 1
         try:

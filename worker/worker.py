@@ -31,6 +31,7 @@ from edge_mailbox.mailbox.config import RetryPolicy
 from edge_mailbox.mailbox.errors import StoreError
 from edge_mailbox.mailbox.models import JobManifest, WorkerState
 from edge_mailbox.mailbox.protocol import Mailbox
+from edge_mailbox.mailbox.storage import Store
 from edge_mailbox.mailbox.store import ObjectStore
 from edge_mailbox.signer import SealKey
 from edge_mailbox.worker.control import RunDir
@@ -54,6 +55,7 @@ class Worker:
     base_log_folder: Path
     bundles: set[str] | None = None  # DAG bundles configured here; None: do not check
     run_dir: RunDir | None = None
+    store: Store | None = None  # the bucket; by default the S3 client of settings.store
     mailbox: Mailbox = field(init=False)
     running: dict[str, RunningJob] = field(default_factory=dict)
     stopping: bool = False
@@ -70,17 +72,20 @@ class Worker:
     status_state: WorkerState | None = None  # in the local status file
 
     def __post_init__(self) -> None:
-        self.mailbox = Mailbox(ObjectStore(self.settings.store))
-        # Log chunks go through a store that gives up quickly: a tick during an outage must
-        # not hold the loop; the shipper keeps the bytes and backs off by itself. (Same boto
-        # client: retries are the store's, and each client costs memory and connections.)
-        quick = RetryPolicy(attempts=2, initial_backoff=0.1, max_backoff=0.5, deadline=5)
-        self.log_mailbox = Mailbox(
-            ObjectStore(
-                self.settings.store.model_copy(update={"retry": quick}),
-                client=self.mailbox.store.client,
+        if self.store is None:
+            store = ObjectStore(self.settings.store)
+            # Log chunks go through a store that gives up quickly: a tick during an outage
+            # must not hold the loop; the shipper keeps the bytes and backs off by itself.
+            # (Same boto client: retries are the store's, and each client costs memory and
+            # connections.)
+            quick = RetryPolicy(attempts=2, initial_backoff=0.1, max_backoff=0.5, deadline=5)
+            logs: Store = ObjectStore(
+                self.settings.store.model_copy(update={"retry": quick}), client=store.client
             )
-        )
+        else:  # a store given (the in-memory one, in unit tests): it does not retry anyway
+            store = logs = self.store
+        self.mailbox = Mailbox(store)
+        self.log_mailbox = Mailbox(logs)
         self.last_cleanup = 0.0
         self.finder = Finder(self.mailbox, self.settings, self.bundles, self)
         self.stats = JobStats()
