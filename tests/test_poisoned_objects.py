@@ -4,7 +4,7 @@ Anyone who can write to the bucket can write anything: a JWS header of 100,000 n
 brackets, a signed payload whose times overflow a float, a claim whose timestamp is 1e308,
 an empty object. Each such item is refused and removed on its own, and the items behind it
 are handled as usual. The real reconciler on SeaweedFS, the real worker on the in-memory
-store; the fuzz tests drive their read paths with a thousand generated objects.
+store; the fuzz tests drive their read paths with thousands of generated objects.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def test_fuzzed_manifests_never_break_the_workers_scan(mem_store, tmp_path) -> N
     bind = {"bucket": mailbox.bucket, "prefix": mailbox.layout.prefix, "queue": "q"}
 
     @settings(
-        max_examples=500,
+        max_examples=3000,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         derandomize=True,
