@@ -408,9 +408,6 @@ def read_options(
 
     try:
         options = model.model_validate(values)
-    except ValidationError as exc:
-        raise OptionError(explain(exc, model, where, how)) from None
-    try:
         options.store  # noqa: B018 (built here, where a bad bucket name can be explained)
     except ValidationError as exc:
         raise OptionError(explain(exc, model, where, how)) from None
