@@ -30,6 +30,7 @@ from edge_mailbox.executor import metrics
 from edge_mailbox.executor.log_airflow import read_running_log
 from edge_mailbox.executor.reconciler import Event, Job, Reconciler
 from edge_mailbox.executor.settings import ExecutorSettings, load_settings
+from edge_mailbox.mailbox.credentials import credentials_required
 from edge_mailbox.mailbox.layout import new_id
 from edge_mailbox.mailbox.models import JobManifest
 from edge_mailbox.mailbox.protocol import Mailbox
@@ -70,7 +71,8 @@ class MailboxExecutor(BaseExecutor):
         from airflow.configuration import conf
 
         self.settings = load_settings(conf, get_execution_api_server_url(self.conf))
-        store = ObjectStore(self.settings.store)
+        with credentials_required(self.settings.store.bucket):  # what is missing, not botocore's
+            store = ObjectStore(self.settings.store)
         self.mailbox = Mailbox(store)
         self._writer = ThreadPoolExecutor(8, thread_name_prefix="mailbox-enqueue")
         self.reconciler = Reconciler(

@@ -201,7 +201,12 @@ class Reconciler:
                 self.relist = True
             if time.monotonic() - self.last_check > self.settings.worker_check_interval:
                 self.last_check = time.monotonic()
-                self.check_workers()
+                try:
+                    self.check_workers()
+                except StoreError as exc:
+                    log.warning("edge-mailbox: worker check postponed (%s)", exc)
+                except Exception:
+                    log.exception("edge-mailbox reconciler: worker check failed; continuing")
             self.inbox.flush()
             unchanged = 0 if active or self.replayer.busy else unchanged + 1
             if unchanged < QUIET_POLLS:
