@@ -9,6 +9,10 @@ counting server of test_relay_two_reconcilers."""
 from __future__ import annotations
 
 import dataclasses
+import http.server
+import json
+import logging
+import socketserver
 import threading
 import time
 
@@ -355,3 +359,52 @@ def test_a_flooded_inbox_costs_the_same_lists_per_poll(seaweed, prefix) -> None:
         lists.append(counter.snapshot()["LIST"])
     assert max(lists) <= 3, lists
     assert inbox_empty(mailbox)  # every item looked at and removed, over the polls
+
+
+class EchoingApi:
+    """An Execution API that refuses every call with a 422 quoting what it was sent, as
+    FastAPI's validation errors do."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_PUT(self) -> None:
+                sent = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.dumps({"detail": [{"input": sent.decode()}]}).encode()
+                self.send_response(422)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/execution/"
+
+
+def test_an_error_answer_to_a_call_written_behind_is_logged_without_its_body(
+    seaweed, prefix, caplog
+) -> None:
+    """The scheduler's log gets the status and its reason, never what the task sent
+    (security review, item 14)."""
+    echo = EchoingApi()
+    scheduler, worker, config, settings, mailbox = world(seaweed, prefix, echo.url)
+    transport = claimed_job(mailbox, scheduler, worker)
+    r = reconciler(config, settings)
+    caplog.set_level(logging.WARNING, logger="edge_mailbox")
+    r.start()
+    try:
+        with httpx.Client(base_url=BASE_URL, transport=transport) as client:
+            secret = "rendered-s3cr3t-value"
+            assert client.put(f"task-instances/{TI}/rtif", json={"f": secret}).status_code == 202
+        wait_until(lambda: "did not wait for" in caplog.text, "the refusal logged")
+        assert "422 Unprocessable" in caplog.text
+        assert secret not in caplog.text
+    finally:
+        r.stop()
+        echo.server.shutdown()
