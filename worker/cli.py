@@ -45,8 +45,9 @@ def _run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     from edge_mailbox.mailbox.credentials import MissingCredentials, credentials_required
+    from edge_mailbox.worker.airflow_config import check_airflow_config
     from edge_mailbox.worker.settings import WorkerConfigError, resolve
-    from edge_mailbox.worker.worker import Worker, check_airflow_config
+    from edge_mailbox.worker.worker import Worker
 
     base_log_folder, bundles = check_airflow_config()
     from airflow.configuration import conf
