@@ -43,6 +43,10 @@ EXCLUDED: dict[str, str] = {
     "DateTimeTrigger an hour ahead (TimeSensor.execute passes no timeout to defer, so "
     "timeout=1 does not apply): a run takes an hour under any executor; its FileSensors also "
     "need an fs_default connection, and both variants would share /tmp/temporary_file_for_testing",
+    "example_custom_weight.py": "its priority weight strategy (DecreasingPriorityStrategy) "
+    "comes from Airflow's example plugins, which a stack loads only with [core] plugins_folder "
+    "pointing at them: without, the DAG does not serialize under either executor (the "
+    "strategy orders tasks in the scheduler, before any executor sees them)",
 }
 
 # dag_id (without variant) -> the conf its run is triggered with: a param without a default.
