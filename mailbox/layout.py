@@ -353,9 +353,26 @@ class Layout:
             raise ValueError(f"{key!r} is not a heartbeat key")
         return segment
 
-    def commands(self, worker: str) -> str:
+    def command(self, worker: str) -> str:
+        """The worker's desired state, written by the scheduler side (WorkerCommand)."""
         name = encode_name(worker, kind="worker", limit=MAX_WORKER_NAME)
         return f"{self.root}commands/{name}.jws"
+
+    # What each reconciler knows of the fleet, for the dashboard: one object per scheduler.
+    @property
+    def fleet_snapshots(self) -> str:
+        return f"{self.root}fleet/"
+
+    def fleet_snapshot(self, owner: str) -> str:
+        return f"{self.fleet_snapshots}{encode_name(owner, kind='scheduler', limit=256)}.jws"
+
+    def parse_fleet_snapshot(self, key: str) -> str:
+        """The owner of a fleet snapshot key; ValueError for any other key."""
+        segment = key.removeprefix(self.fleet_snapshots).removesuffix(".jws")
+        owner = decode_name(segment) if re.fullmatch(r"[A-Za-z0-9_.-]+", segment) else None
+        if not key.startswith(self.fleet_snapshots) or not key.endswith(".jws") or not owner:
+            raise ValueError(f"{key!r} is not a fleet snapshot key")
+        return owner
 
     def check_probe(self, token: str) -> str:
         """Where ``airflow edge-mailbox check`` proves conditional writes, then deletes."""

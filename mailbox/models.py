@@ -258,10 +258,19 @@ class WorkerState(str, enum.Enum):
     OFFLINE = "offline"
 
 
+class MaintenanceSource(str, enum.Enum):
+    """Who holds a worker in maintenance: its host (``edge-mailbox-worker maintenance``) or
+    the scheduler side (a WorkerCommand). It stays in maintenance while either does."""
+
+    LOCAL = "local"
+    REMOTE = "remote"
+
+
 class Heartbeat(WireModel):
     """A worker's liveness and state; LastModified of the object is the liveness clock."""
 
     KIND = "heartbeat"
+    SCHEMA_MINOR = 1
     MAX_BYTES = 64 * KiB
 
     worker: str = Field(min_length=1, max_length=MAX_WORKER_NAME)
@@ -274,20 +283,90 @@ class Heartbeat(WireModel):
     maintenance_comment: str = Field(default="", max_length=1024)
     metrics: dict[str, float] = Field(default_factory=dict)
     sent_at: Timestamp
+    # 1.1: what the fleet dashboard shows and the CLI's --wait waits for.
+    started_at: Timestamp | None = None
+    command_seq: int = Field(default=0, ge=0, description="the newest WorkerCommand applied")
+    maintenance_by: list[Annotated[MaintenanceSource, Field(strict=False)]] = Field(
+        default_factory=list, max_length=2
+    )
+    # Bucket requests since start, by kind (GET, PUT, LIST, ...): the cost view.
+    requests: dict[str, int] = Field(default_factory=dict, max_length=32)
 
 
 class WorkerCommand(WireModel):
-    """Orders to one worker, signed by the scheduler side; ``seq`` only grows."""
+    """The whole desired state of one worker, signed by the scheduler side: not a change, so
+    the newest command alone says what the worker should be, and a lost one costs nothing.
+    ``seq`` only grows; a worker applies a command only if its ``seq`` is above the one it
+    applied last (kept in its run folder across restarts). ``shutdown`` stops (drains) the
+    worker processes started before ``issued_at``, not the next one started."""
 
     KIND = "command"
     MAX_BYTES = 16 * KiB
 
     worker: str = Field(min_length=1, max_length=MAX_WORKER_NAME)
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=1)
     maintenance: bool = False
     comment: str = Field(default="", max_length=1024)
     shutdown: bool = False
+    queues: list[Annotated[str, Field(min_length=1, max_length=MAX_QUEUE_NAME)]] = Field(
+        min_length=1, max_length=256
+    )
+    concurrency: int = Field(ge=1, le=1024)
+    issued_by: str = Field(min_length=1, max_length=256)
     issued_at: Timestamp
+
+
+class _Part(BaseModel):
+    """A part of a larger object: strict like a WireModel, without a version of its own."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class FleetWorker(_Part):
+    """A heartbeat the scheduler side verified, with its liveness clock."""
+
+    heartbeat: Heartbeat
+    kid: str = Field(max_length=64)
+    seen: Timestamp  # LastModified of the heartbeat object when the reconciler first read it
+    alive: bool
+
+
+class FleetJob(_Part):
+    """One job as the reconciler that queued or rebuilt it knows it."""
+
+    job_id: str = Field(pattern=JOB_ID)
+    queue: str = Field(max_length=MAX_QUEUE_NAME)
+    phase: str = Field(max_length=32)
+    ti: dict[str, str | int] = Field(default_factory=dict, max_length=8)  # dag/run/task/map/try
+    worker: str | None = Field(default=None, max_length=MAX_WORKER_NAME)
+    enqueued_at: Timestamp
+    claimed_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+
+
+class FleetQueue(_Part):
+    queue: str = Field(max_length=MAX_QUEUE_NAME)
+    pending: int = Field(ge=0)
+    oldest_enqueued_at: Timestamp | None = None
+
+
+class FleetSnapshot(WireModel):
+    """What one reconciler knows of the fleet, written every ``fleet_snapshot_interval``:
+    the workers it verified, its jobs, its queues and its own bucket requests. The dashboard
+    draws from these (one GET per scheduler) and one LIST of the heartbeats, never a GET per
+    worker. Signed by the scheduler side: what the page shows is what the reconciler
+    verified, not what anyone who can write to the bucket put there."""
+
+    KIND = "fleet"
+    MAX_BYTES = 1536 * KiB
+
+    owner: str = Field(min_length=1, max_length=256)
+    written_at: Timestamp
+    started_at: Timestamp
+    workers: list[FleetWorker] = Field(default_factory=list, max_length=5000)
+    jobs: list[FleetJob] = Field(default_factory=list, max_length=5000)
+    queues: list[FleetQueue] = Field(default_factory=list, max_length=1000)
+    requests: dict[str, int] = Field(default_factory=dict, max_length=32)
 
 
 class Revocation(WireModel):
@@ -326,6 +405,7 @@ ALL_KINDS: tuple[type[WireModel], ...] = (
     JobResult,
     Heartbeat,
     WorkerCommand,
+    FleetSnapshot,
     Revocation,
     LogChunk,
 )

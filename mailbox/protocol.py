@@ -20,6 +20,7 @@ from edge_mailbox.mailbox.layout import Layout, ManifestKey, TaskCoordinates
 from edge_mailbox.mailbox.models import (
     ChangeMarker,
     Claim,
+    FleetSnapshot,
     Heartbeat,
     JobManifest,
     JobResult,
@@ -28,6 +29,7 @@ from edge_mailbox.mailbox.models import (
     RelayResponse,
     Revocation,
     WireModel,
+    WorkerCommand,
 )
 from edge_mailbox.mailbox.storage import Entry, Page, Store
 from edge_mailbox.signer import KeyRing, Reason, SigningKey, VerificationError, seal, strictjson
@@ -41,6 +43,10 @@ RELAY_TTL = 6 * 3600.0
 # Log chunks stay readable as long as the bucket keeps them (its lifecycle rule decides);
 # replay is moot for them too: each is bound to its place and created once.
 LOG_TTL = 3650 * 86400.0
+# A command is a worker's desired state for as long as nobody changes it: it must not expire.
+# An old one written back is refused by its seq, which the worker keeps across restarts.
+COMMAND_TTL = LOG_TTL
+FLEET_TTL = 86400.0
 
 
 class Lease(enum.Enum):
@@ -286,6 +292,71 @@ class Mailbox:
     def list_heartbeats(self) -> list[Entry]:
         """All workers' liveness from LIST alone (LastModified): a page per 1,000 workers."""
         return list(self.store.list_all(self.layout.heartbeats))
+
+    def delete_heartbeat(self, worker: str) -> None:
+        self.store.delete(self.layout.heartbeat(worker))
+
+    # -- commands and the fleet ---------------------------------------------------------------
+
+    def put_command(self, command: WorkerCommand, key: SigningKey) -> None:
+        """Write a worker's desired state and ring the all-queues marker: every worker polls
+        that one already (idle, busy or in maintenance), so it learns of the command at its
+        next poll with no request of its own for it."""
+        bind = self.bind(worker=command.worker)
+        body = encode_signed(command, key, bind=bind, ttl=COMMAND_TTL)
+        self.store.put(self.layout.command(command.worker), body, content_type=JOSE)
+        self._ring(self.layout.queues_marker, "queues")
+
+    def read_command(self, worker: str, scheduler_keys: KeyRing) -> Signed[WorkerCommand]:
+        """The worker's command (NotFound if none), verified like the worker verifies it."""
+        raw = self.store.get(self.layout.command(worker), max_bytes=WorkerCommand.MAX_BYTES * 2)
+        return self.verify_command(raw.body, worker, scheduler_keys)
+
+    def command_if_changed(self, worker: str, etag: str | None) -> tuple[bytes | None, str | None]:
+        """(body, ETag) of the worker's command if it changed since ``etag`` (a conditional
+        GET: a 304 when not, then ``(None, etag)``); ``(None, None)`` when there is none."""
+        key = self.layout.command(worker)
+        try:
+            obj = self.store.get_if_changed(key, etag, max_bytes=WorkerCommand.MAX_BYTES * 2)
+        except NotFound:
+            return None, None
+        if obj is None:
+            return None, etag
+        return obj.body, obj.etag
+
+    def verify_command(
+        self, raw: bytes, worker: str, scheduler_keys: KeyRing
+    ) -> Signed[WorkerCommand]:
+        """Signed by the scheduler side, bound to this worker's name, naming it in its body."""
+        key = self.layout.command(worker)
+        signed = decode_signed(
+            raw, WorkerCommand, scheduler_keys, bind=self.bind(worker=worker), key=key
+        )
+        if signed.model.worker != worker:
+            raise ProtocolError(f"command names worker {signed.model.worker!r}", key=key)
+        return signed
+
+    def delete_command(self, worker: str) -> None:
+        self.store.delete(self.layout.command(worker))
+
+    def put_fleet_snapshot(self, snapshot: FleetSnapshot, key: SigningKey) -> None:
+        bind = self.bind(owner=snapshot.owner)
+        body = encode_signed(snapshot, key, bind=bind, ttl=FLEET_TTL)
+        self.store.put(self.layout.fleet_snapshot(snapshot.owner), body, content_type=JOSE)
+
+    def list_fleet_snapshots(self) -> list[Entry]:
+        return list(self.store.list_all(self.layout.fleet_snapshots))
+
+    def read_fleet_snapshot(self, object_key: str, scheduler_keys: KeyRing) -> FleetSnapshot:
+        """A snapshot, verified: signed by the scheduler side and bound to its owner's key."""
+        owner = self.layout.parse_fleet_snapshot(object_key)
+        raw = self.store.get(object_key, max_bytes=FleetSnapshot.MAX_BYTES * 2).body
+        signed = decode_signed(
+            raw, FleetSnapshot, scheduler_keys, bind=self.bind(owner=owner), key=object_key
+        )
+        if signed.model.owner != owner:
+            raise ProtocolError(f"fleet snapshot names {signed.model.owner!r}", key=object_key)
+        return signed.model
 
     # -- results and revocations -------------------------------------------------------------
 

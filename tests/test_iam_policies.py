@@ -215,7 +215,7 @@ FORBIDDEN = {
     "forge an answer": obj("s3:PutObject", LAYOUT.relay_response(JOB, REQ)),
     "revoke a job": obj("s3:PutObject", LAYOUT.revocation(JOB)),
     "take a relay lease": obj("s3:PutObject", LAYOUT.relay_lease(JOB, REQ)),
-    "command a worker": obj("s3:PutObject", LAYOUT.commands("w")),
+    "command a worker": obj("s3:PutObject", LAYOUT.command("w")),
     "write under keys/": obj("s3:PutObject", f"{LAYOUT.root}keys/scheduler/k.pem"),
     "write outside the prefix": obj("s3:PutObject", "elsewhere/x"),
     "delete a manifest": obj("s3:DeleteObject", LAYOUT.manifest("default", JOB, 1, 0.0)),

@@ -173,7 +173,7 @@ def test_heartbeat_keys_give_their_segment_even_when_hashed() -> None:
     assert layout.parse_heartbeat(layout.heartbeat("edge 1")) == "edge 1"
     assert layout.parse_heartbeat(layout.heartbeat(long_name)) is None
     assert layout.heartbeat_segment(layout.heartbeat(long_name)) == encode_name(long_name)
-    for bad in (f"{layout.heartbeats}a/b.jws", f"{layout.heartbeats}.jws", layout.commands("w")):
+    for bad in (f"{layout.heartbeats}a/b.jws", f"{layout.heartbeats}.jws", layout.command("w")):
         with pytest.raises(ValueError, match="heartbeat key"):
             layout.heartbeat_segment(bad)
 
