@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_mailbox.mailbox.layout import new_id
-from edge_mailbox.mailbox.models import JobManifest
+from edge_mailbox.mailbox.models import JobManifest, MaintenanceSource
 from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.mailbox.storage import Store
 from edge_mailbox.signer import KeyRing, SealKey, SigningKey
@@ -119,13 +119,15 @@ def test_a_busy_worker_backs_off_its_polls_and_wakes_when_a_job_ends(mem_store, 
 
 @pytest.mark.parametrize("why", ["no free slot", "maintenance"])
 def test_a_worker_that_cannot_take_jobs_does_not_spin(mem_store, tmp_path, why) -> None:
-    """All slots taken, or in maintenance: no queue polls, and the loop still sleeps (a turn
-    a second at most, and at once when the job ends) instead of spinning."""
+    """All slots taken, or in maintenance: no queue polls (only the all-queues marker, for
+    its command, at the idle pace), and the loop still sleeps (a turn a second at most, and
+    at once when the job ends) instead of spinning."""
     from edge_mailbox.worker.runners import RunnerPool
     from edge_mailbox.worker.worker import RunningJob
 
     w = worker(mem_store, "full", tmp_path)
-    w.maintenance = why == "maintenance"
+    if why == "maintenance":
+        w.orders.set_maintenance(MaintenanceSource.LOCAL, True, "test")
     w.runners = RunnerPool(lambda spec: time.sleep(spec["sleep"]) or 0)
     job = manifest("q", 1, time.time()).model_copy(update={"pool_slots": 4})
     handle = w.runners.start({"sleep": 3})
@@ -133,11 +135,14 @@ def test_a_worker_that_cannot_take_jobs_does_not_spin(mem_store, tmp_path, why) 
     turns, started = 0, time.monotonic()
     try:
         while job.job_id in w.running:
-            polls_while_running = w.mailbox.store.counter.snapshot()["GET"]
+            polls_while_running = w.mailbox.store.counter.snapshot()
             w._loop_once()
             turns += 1
             assert time.monotonic() - started < 30, "the job was not reaped"
     finally:
         w.runners.close()
     assert turns <= 8, turns  # about one a second; a spinning loop: thousands
-    assert polls_while_running == 0  # (the turn that reaps the job polls: a slot is free)
+    # The marker and the command once (the idle pace is 6 s); the turn that reaps the job
+    # polls the queues: a slot is free.
+    assert polls_while_running["LIST"] == 0
+    assert polls_while_running["GET"] == 2

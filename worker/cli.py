@@ -118,17 +118,22 @@ def _maintenance(args: argparse.Namespace) -> int:
         return 1
     on = args.mode == "on"
     run_dir.set_maintenance(on, args.comment or "")
-    wanted = ("maintenance",) if on else ("idle", "running")
     print(f"maintenance {args.mode} requested")
     if args.wait:
 
         def reached() -> bool:
-            return (run_dir.read_status() or {}).get("state") in wanted
+            status = run_dir.read_status() or {}
+            local = "local" in status.get("maintenance_by", [])
+            return local == on and (status.get("state") == "maintenance" or not on)
 
         if not _wait_until(reached, args.timeout):
             print("edge-mailbox-worker: not there yet after --timeout", file=sys.stderr)
             return 1
-        print(f"worker is in {'maintenance' if on else 'service'}")
+        status = run_dir.read_status() or {}
+        if status.get("maintenance_by"):  # off here, but the scheduler side holds it
+            print(f"worker stays in maintenance: {status.get('maintenance_comment', '')}")
+        else:
+            print(f"worker is in {'maintenance' if on else 'service'}")
     return 0
 
 

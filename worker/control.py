@@ -5,6 +5,8 @@ the worker reads each loop, and a status file it keeps current.
     {run_dir}/worker.pid     the running worker's pid
     {run_dir}/status.json    state, queues, slots, running jobs, maintenance comment
     {run_dir}/control.json   {"maintenance": bool, "comment": str}, written by the CLI
+    {run_dir}/command.json   {"seq": int}: the newest scheduler-side command applied, so an
+                             old one put back into the bucket is refused after a restart
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class RunDir:
         self.pid_file = path / "worker.pid"
         self.status_file = path / "status.json"
         self.control_file = path / "control.json"
+        self.command_file = path / "command.json"
         self._control_mtime: float | None = None
 
     # -- the worker's side -------------------------------------------------------------------
@@ -57,6 +60,16 @@ class RunDir:
 
     def write_status(self, status: dict[str, Any]) -> None:
         _write_atomic(self.status_file, status)
+
+    def command_seq(self) -> int:
+        try:
+            seq = json.loads(self.command_file.read_text()).get("seq", 0)
+        except (OSError, ValueError, AttributeError):
+            return 0
+        return seq if isinstance(seq, int) and seq >= 0 else 0
+
+    def save_command_seq(self, seq: int) -> None:
+        _write_atomic(self.command_file, {"seq": seq})
 
     def control_changed(self) -> dict[str, Any] | None:
         """The control file's content when it changed since the last call (one stat a loop)."""

@@ -41,6 +41,12 @@ class Host(Protocol):
     @property
     def accepting(self) -> bool: ...
 
+    @property
+    def queues(self) -> tuple[str, ...]: ...
+
+    @property
+    def concurrency(self) -> int: ...
+
     def refuse(self, reason: str) -> None: ...
 
     def start(self, queue: str, raw: bytes, manifest: JobManifest, seal_key: SealKey) -> None: ...
@@ -56,16 +62,32 @@ class Finder:
         self.host = host
         self.seen: RecentSet[str] = RecentSet(SEEN_JOBS)
         self.queues_etag: str | None = None
+        self.rang = False  # the all-queues marker rang since the queues' markers were read
         self.marker_etags: dict[str, str | None] = {}
-        self.rescan: set[str] = set(settings.queues)  # list every queue once at start
+        self.rescan: set[str] = set(host.queues)  # list every queue once at start
+
+    def doorbell(self) -> bool:
+        """One conditional GET of the all-queues marker; True if it rang. The ring is kept
+        for ``poll`` while the worker takes no jobs (full, in maintenance)."""
+        changed, self.queues_etag = self.mailbox.any_queue_changed(self.queues_etag)
+        self.rang |= changed
+        return changed
+
+    def follow(self) -> None:
+        """The worker's queues or slots changed: list each of its queues again, and look
+        again at the jobs passed over (one may fit the new slots)."""
+        self.marker_etags = {q: e for q, e in self.marker_etags.items() if q in self.host.queues}
+        self.rescan = set(self.host.queues)
+        self.seen.clear()
 
     def poll(self) -> bool:
-        """Look at the queues that changed; claim what fits. True if a job was claimed."""
-        changed_any, self.queues_etag = self.mailbox.any_queue_changed(self.queues_etag)
-        if not changed_any and not self.rescan:
+        """Look at the queues whose markers changed since the doorbell rang; claim what
+        fits. True if a job was claimed."""
+        if not self.rang and not self.rescan:
             return False
+        self.rang = False
         claimed = False
-        for queue in self.settings.queues:
+        for queue in self.host.queues:
             changed, etag = self.mailbox.marker_changed(queue, self.marker_etags.get(queue))
             self.marker_etags[queue] = etag
             if changed or queue in self.rescan:
@@ -161,12 +183,12 @@ class Finder:
                 ", ".join(sorted(self.bundles)) or "none",
             )
             return False
-        if manifest.pool_slots > self.settings.concurrency:
+        if manifest.pool_slots > self.host.concurrency:
             log.warning(
                 "not claiming job %s: it needs %d slots; this worker has %d",
                 job_id,
                 manifest.pool_slots,
-                self.settings.concurrency,
+                self.host.concurrency,
             )
             return False
         return True

@@ -10,6 +10,7 @@ import psutil
 
 from edge_mailbox import __version__
 from edge_mailbox.mailbox.models import Heartbeat, WorkerState
+from edge_mailbox.worker.orders import Orders
 
 
 def system_metrics(disk_path: Path) -> dict[str, float]:
@@ -31,22 +32,26 @@ def system_metrics(disk_path: Path) -> dict[str, float]:
 def build_heartbeat(
     name: str,
     state: WorkerState,
-    queues: tuple[str, ...],
-    concurrency: int,
+    orders: Orders,
     free_slots: int,
     running_jobs: list[str],
-    comment: str,
+    refusal: str,
     disk_path: Path,
+    requests: dict[str, int],
 ) -> Heartbeat:
     return Heartbeat(
         worker=name,
         state=state,
-        queues=list(queues),
-        concurrency=concurrency,
+        queues=list(orders.queues),
+        concurrency=orders.concurrency,
         free_slots=max(free_slots, 0),
         running_jobs=running_jobs,
         version=__version__,
-        maintenance_comment=comment,
+        maintenance_comment=orders.comment or refusal,
         metrics=system_metrics(disk_path),
         sent_at=time.time(),
+        started_at=orders.started_at,
+        command_seq=orders.seq,
+        maintenance_by=orders.maintenance_by,
+        requests=requests,
     )

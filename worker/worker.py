@@ -11,8 +11,10 @@ turn of its loop:
   activity, backing off to ``poll_max`` without it;
 - heartbeat every ``heartbeat_interval`` and when its state changes in a way that matters
   centrally;
-- obey SIGTERM/SIGINT and its run folder's control file (maintenance), drain running jobs,
-  and kill them after ``drain_timeout``.
+- obey its orders (orders.py): SIGTERM/SIGINT and its run folder's control file
+  (maintenance) from the host, its command object from the scheduler side (read when the
+  all-queues marker it polls anyway rang); drain running jobs, and kill them after
+  ``drain_timeout``.
 
 A storage error never crashes it: what could not be written waits and is retried.
 """
@@ -29,7 +31,7 @@ from pathlib import Path
 from edge_mailbox import __version__
 from edge_mailbox.mailbox.config import RetryPolicy
 from edge_mailbox.mailbox.errors import StoreError
-from edge_mailbox.mailbox.models import JobManifest, WorkerState
+from edge_mailbox.mailbox.models import JobManifest, MaintenanceSource, WorkerCommand, WorkerState
 from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.mailbox.storage import Store
 from edge_mailbox.mailbox.store import ObjectStore
@@ -40,6 +42,7 @@ from edge_mailbox.worker.heartbeat import build_heartbeat
 from edge_mailbox.worker.job_process import make_spec, preload, run
 from edge_mailbox.worker.jobstats import JobStats
 from edge_mailbox.worker.logship import LogShipper, cleanup_local_logs
+from edge_mailbox.worker.orders import CommandWatch, Orders, Phase
 from edge_mailbox.worker.outbox import Outbox, RunningJob
 from edge_mailbox.worker.runners import RunnerPool
 from edge_mailbox.worker.settings import WorkerSettings
@@ -58,10 +61,7 @@ class Worker:
     store: Store | None = None  # the bucket; by default the S3 client of settings.store
     mailbox: Mailbox = field(init=False)
     running: dict[str, RunningJob] = field(default_factory=dict)
-    stopping: bool = False
-    stop_requested_at: float | None = None
-    maintenance: bool = False
-    maintenance_comment: str = ""
+    orders: Orders = field(init=False)
     refusal: str = ""  # why this worker takes no new jobs (version mismatch)
     interval: float = 0.1  # between queue polls: poll_min after activity, up to poll_max
     next_poll: float = 0.0
@@ -86,6 +86,11 @@ class Worker:
             store = logs = self.store
         self.mailbox = Mailbox(store)
         self.log_mailbox = Mailbox(logs)
+        self.orders = Orders(self.settings.queues, self.settings.concurrency)
+        applied = self.run_dir.command_seq() if self.run_dir else 0
+        self.commands = CommandWatch(
+            self.mailbox, self.settings.name, self.settings.scheduler_keys, applied
+        )
         self.last_cleanup = 0.0
         self.finder = Finder(self.mailbox, self.settings, self.bundles, self)
         self.stats = JobStats()
@@ -94,19 +99,31 @@ class Worker:
         self.runners = RunnerPool(run)
 
     @property
+    def queues(self) -> tuple[str, ...]:
+        return self.orders.queues
+
+    @property
+    def concurrency(self) -> int:
+        return self.orders.concurrency
+
+    @property
     def free_slots(self) -> int:
         used = sum(job.manifest.pool_slots for job in self.running.values())
-        return self.settings.concurrency - used
+        return self.orders.concurrency - used
+
+    @property
+    def stopping(self) -> bool:
+        return self.orders.phase is Phase.STOPPING
 
     @property
     def accepting(self) -> bool:
-        return not (self.stopping or self.maintenance or self.refusal)
+        return not (self.stopping or self.orders.in_maintenance or self.refusal)
 
     @property
     def state(self) -> WorkerState:
         if self.stopping:
             return WorkerState.STOPPING
-        if self.maintenance or self.refusal:
+        if self.orders.in_maintenance or self.refusal:
             return WorkerState.MAINTENANCE_PENDING if self.running else WorkerState.MAINTENANCE
         return WorkerState.RUNNING if self.running else WorkerState.IDLE
 
@@ -157,10 +174,9 @@ class Worker:
                 job.shipper.tick(now)  # never raises: an outage only delays the chunks
         self._cleanup_logs_if_due()
         self._enforce_drain_timeout()
-        can_poll = self.accepting and self.free_slots > 0
-        if can_poll and (activity or now >= self.next_poll):
+        if activity or now >= self.next_poll:
             try:
-                activity |= self.finder.poll()
+                activity |= self._poll()
                 if activity:
                     self.last_activity = now
                 fresh = now - self.last_activity < self.poll_grace
@@ -172,49 +188,61 @@ class Worker:
             except StoreError as exc:
                 log.warning("bucket unavailable (%s); backing off", exc)
                 self.interval = min(max(self.interval, 1.0) * 2, 30.0)
-            self.next_poll = time.monotonic() + self.interval
-        elif not can_poll:  # no poll due: still a turn a second (control file, drain, logs)
-            self.next_poll = max(self.next_poll, time.monotonic() + 1.0)
+            taking = self.accepting and self.free_slots > 0
+            # Taking no jobs, it polls only for its command: at the idle pace.
+            pace = self.interval if taking else max(self.interval, self.settings.poll_max)
+            self.next_poll = time.monotonic() + pace
         self.outbox.deliver()
         self.runners.retire_idle()
         self._heartbeat_if_due()
         pause = max(0.0, self.next_poll - time.monotonic())
+        if not (self.accepting and self.free_slots > 0):  # still a turn a second: drain, logs
+            pause = min(pause, 1.0)
         if self.running:  # log chunks and the drain timeout want a turn each second
             self.runners.wait([job.process for job in self.running.values()], min(pause, 1.0))
         else:
             time.sleep(pause)
 
+    def _poll(self) -> bool:
+        """The all-queues marker (one conditional GET, whatever the worker is doing); when it
+        rang, the worker's command, and the queues if it takes jobs. True if it claimed one."""
+        rang = self.finder.doorbell()
+        if rang or not self.commands.started:
+            news = self.commands.check()
+            if news is not None:
+                self._obey(*news)
+        if self.accepting and self.free_slots > 0:
+            return self.finder.poll()
+        return False
+
+    def _obey(self, command: WorkerCommand, again: bool) -> None:
+        before = (self.orders.queues, self.orders.concurrency)
+        self.orders.apply(command, again=again)
+        if (self.orders.queues, self.orders.concurrency) != before:
+            self.finder.follow()
+        if self.run_dir:
+            self.run_dir.save_command_seq(command.seq)
+        self.last_heartbeat = 0.0  # report it at once: ``--wait`` and the dashboard wait
+
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.stopping:  # a second signal: do not wait for the drain timeout
             log.warning("signal %d again: killing %d running jobs", signum, len(self.running))
-            self.stop_requested_at = time.monotonic() - self.settings.drain_timeout
+            self.orders.stop_requested_at = time.monotonic() - self.settings.drain_timeout
             return
-        log.info(
-            "signal %d: finishing %d running jobs, taking no new ones", signum, len(self.running)
-        )
-        self.stopping = True
-        self.stop_requested_at = time.monotonic()
+        self.orders.stop(f"signal {signum}, {len(self.running)} jobs running")
 
     def _read_control(self) -> None:
         if not self.run_dir:
             return
         control = self.run_dir.control_changed()
-        if control is None:
-            return
-        on = bool(control.get("maintenance"))
-        if on != self.maintenance:
-            self.maintenance = on
-            self.maintenance_comment = str(control.get("comment", ""))[:1024] if on else ""
-            log.info(
-                "maintenance %s%s",
-                "on" if on else "off",
-                f": {self.maintenance_comment}" if on else "",
-            )
+        if control is not None:
+            on, comment = bool(control.get("maintenance")), str(control.get("comment", ""))
+            self.orders.set_maintenance(MaintenanceSource.LOCAL, on, comment)
 
     def _enforce_drain_timeout(self) -> None:
-        if self.stop_requested_at is None:
+        if self.orders.stop_requested_at is None:
             return
-        overdue = time.monotonic() - self.stop_requested_at >= self.settings.drain_timeout
+        overdue = time.monotonic() - self.orders.stop_requested_at >= self.settings.drain_timeout
         for job in self.running.values():
             if overdue and job.term_sent_at is None:
                 log.warning("drain timeout: stopping job %s", job.manifest.job_id)
@@ -231,8 +259,8 @@ class Worker:
             "worker": self.settings.name,
             "pid": os.getpid(),
             "state": self.state.value,
-            "queues": list(self.settings.queues),
-            "concurrency": self.settings.concurrency,
+            "queues": list(self.orders.queues),
+            "concurrency": self.orders.concurrency,
             "free_slots": self.free_slots,
             "running_jobs": [
                 {
@@ -243,7 +271,9 @@ class Worker:
                 }
                 for job_id, job in self.running.items()
             ],
-            "maintenance_comment": self.maintenance_comment or self.refusal,
+            "maintenance_comment": self.orders.comment or self.refusal,
+            "maintenance_by": [source.value for source in self.orders.maintenance_by],
+            "command_seq": self.orders.seq,
             "version": __version__,
             "last_heartbeat": self.last_heartbeat,
             "requests": self.mailbox.store.counter.snapshot(),
@@ -269,12 +299,12 @@ class Worker:
         heartbeat = build_heartbeat(
             self.settings.name,
             state,
-            self.settings.queues,
-            self.settings.concurrency,
+            self.orders,
             self.free_slots,
             list(self.running),
-            self.maintenance_comment or self.refusal,
+            self.refusal,
             self.base_log_folder,
+            self.mailbox.store.counter.snapshot(),
         )
         try:
             ttl = max(self.settings.heartbeat_interval * 10, 300.0)
