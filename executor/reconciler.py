@@ -9,8 +9,9 @@ learns goes to the executor as events through a queue, which ``sync()`` drains. 
    relay requests and result to a relay thread of the replayer (replayer.py: replayed once,
    in order, the result reported after them);
 3. every ``worker_check_interval``: reload trusted keys (trust.py), read the workers'
-   liveness (liveness.py), fail the jobs of lost workers and those no worker can take,
-   clean up and sweep (janitor.py);
+   liveness (liveness.py), write the fleet snapshot for the dashboard (fleet_snapshot.py),
+   fail the jobs of lost workers and those no worker can take, clean up and sweep
+   (janitor.py);
 4. delete what was handled, in one batch; sleep.
 
 Which part owns what: docs/architecture.md. The job table (jobs.py) is the one owner of
@@ -26,6 +27,7 @@ import threading
 import time
 
 from edge_mailbox.executor import metrics
+from edge_mailbox.executor.fleet_snapshot import SnapshotWriter
 from edge_mailbox.executor.inbox import Inbox, Item
 from edge_mailbox.executor.janitor import Janitor
 from edge_mailbox.executor.jobs import Job, JobTable, Phase
@@ -80,6 +82,14 @@ class Reconciler:
             settings.worker_keys,
             settings.worker_timeout,
             check_interval=settings.worker_check_interval,
+        )
+        self.fleet = SnapshotWriter(
+            mailbox,
+            settings.signing_key,
+            self.jobs,
+            self.watch,
+            settings.fleet_snapshot_interval,
+            settings.worker_timeout,
         )
         self.thread = threading.Thread(target=self._run, name="mailbox-reconciler", daemon=True)
         self.relist = True  # LIST once at start: items may be waiting from before a restart
@@ -250,6 +260,7 @@ class Reconciler:
         if not self.watch.refresh():
             return
         metrics.gauge("live_workers", sum(self.watch.alive(w) for w in self.watch.last_seen))
+        self.fleet.maybe_write()
         self.janitor.clean_up()
         self.janitor.sweep_queues()
         jobs = self.jobs.unfinished_owned()

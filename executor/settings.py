@@ -50,6 +50,7 @@ class ExecutorSettings:
     inbox_item_timeout: float = default(ExecutorOptions, "inbox_item_timeout")
     relay_request_max_age: float = default(ExecutorOptions, "relay_request_max_age")
     queue_sweep_interval: float = default(ExecutorOptions, "queue_sweep_interval")
+    fleet_snapshot_interval: float = default(ExecutorOptions, "fleet_snapshot_interval")
 
 
 def load_worker_keys(raw: str) -> KeyRing:
@@ -100,4 +101,5 @@ def load_settings(conf: Any, execution_api_url: str) -> ExecutorSettings:
         inbox_item_timeout=options.inbox_item_timeout,
         relay_request_max_age=options.relay_request_max_age,
         queue_sweep_interval=options.queue_sweep_interval,
+        fleet_snapshot_interval=options.fleet_snapshot_interval,
     )

@@ -248,6 +248,16 @@ class ExecutorOptions(StoreOptions):
         ge=1,
         le=3600,
     )
+    fleet_snapshot_interval: float = option(
+        30,
+        description="How often (s) each scheduler writes what it knows of the fleet "
+        "(verified heartbeats, its jobs and queues, its bucket requests) to one signed object "
+        "for the dashboard: one PUT at the first worker check after this has passed (at most "
+        "120 an hour at 30), and one LIST an hour to remove dead schedulers' objects. 0 turns "
+        "it off.",
+        ge=0,
+        le=DAY,
+    )
     relay_threads: int = option(
         8,
         description="Threads replaying relayed Execution API calls in parallel.",
