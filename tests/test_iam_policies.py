@@ -171,6 +171,7 @@ def test_the_run_went_through_a_whole_job_life(life: Life) -> None:
         "log read for the UI": saw(s, "GET", ".chunk", status=200),
         "cleanup": saw(s, "POST", "?delete") or saw(s, "DELETE", "/claim.jws"),
         "check probe": saw(s, "PUT", "/v1/check/"),
+        "fleet snapshot": saw(s, "PUT", "/v1/fleet/"),
     }
     missing = [k for k, v in {**expected_worker, **expected_scheduler}.items() if not v]
     assert not missing, missing
@@ -216,6 +217,9 @@ FORBIDDEN = {
     "revoke a job": obj("s3:PutObject", LAYOUT.revocation(JOB)),
     "take a relay lease": obj("s3:PutObject", LAYOUT.relay_lease(JOB, REQ)),
     "command a worker": obj("s3:PutObject", LAYOUT.command("w")),
+    "delete a command": obj("s3:DeleteObject", LAYOUT.command("w")),
+    "forge a fleet snapshot": obj("s3:PutObject", LAYOUT.fleet_snapshot("host:1")),
+    "delete a fleet snapshot": obj("s3:DeleteObject", LAYOUT.fleet_snapshot("host:1")),
     "write under keys/": obj("s3:PutObject", f"{LAYOUT.root}keys/scheduler/k.pem"),
     "write outside the prefix": obj("s3:PutObject", "elsewhere/x"),
     "delete a manifest": obj("s3:DeleteObject", LAYOUT.manifest("default", JOB, 1, 0.0)),
@@ -249,6 +253,21 @@ def test_the_worker_policy_still_allows_what_the_protocol_gives_workers() -> Non
         obj("s3:PutObject", LAYOUT.log_chunk(TI, JOB, 3)),
     ]
     assert [r for r in allowed if not policy.allows(r)] == []
+
+
+def test_the_scheduler_policy_allows_steering_and_seeing_the_fleet() -> None:
+    """Commands written, read back and removed (forget), heartbeats removed (forget), fleet
+    snapshots written, read (the dashboard) and removed (a dead scheduler's)."""
+    policy = load(SCHEDULER_POLICY, BUCKET, LAYOUT.prefix)
+    wanted = [
+        obj(action, key)
+        for key in (LAYOUT.command("w"), LAYOUT.fleet_snapshot("host:1"))
+        for action in ("s3:PutObject", "s3:GetObject", "s3:DeleteObject")
+    ] + [
+        obj("s3:DeleteObject", LAYOUT.heartbeat("w")),
+        Request("s3:ListBucket", bucket_arn(BUCKET), {"s3:prefix": LAYOUT.fleet_snapshots}),
+    ]
+    assert [r for r in wanted if not policy.allows(r)] == []
 
 
 # -- the evaluator itself ----------------------------------------------------------------------
