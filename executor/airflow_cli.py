@@ -12,6 +12,18 @@ ARG_OUTPUT = Arg(("-o", "--output"), choices=("table", "json"), default="table",
 ARG_SINCE = Arg(("--since",), type=float, default=3600.0, help="seconds back (default 3600)")
 ARG_OLDER = Arg(("--older-than",), type=float, default=7 * 86400.0, help="seconds (default 7 days)")
 ARG_DRY = Arg(("--dry-run",), action="store_true", help="only count what would be deleted")
+ARG_WORKER = Arg(("worker",), help="the worker's name")
+ARG_WORKER_OPT = Arg(("worker",), nargs="?", help="a worker's name: change its queues")
+ARG_MODE = Arg(("mode",), choices=("on", "off"), help="enter (on) or exit (off) maintenance")
+ARG_COMMENT = Arg(("--comment",), default=None, help="why (shown with who and when)")
+ARG_WAIT = Arg(("--wait",), action="store_true", help="wait until the heartbeat shows it")
+ARG_TIMEOUT = Arg(("--timeout",), type=float, default=600.0, help="for --wait (default 600 s)")
+ARG_ALL = Arg(("--all",), action="store_true", help="every worker with a heartbeat")
+ARG_WORKERS_OPT = Arg(("worker",), nargs="?", help="the worker's name (or --all)")
+ARG_SET = Arg(("--set",), default=None, help="serve exactly these queues (comma-separated)")
+ARG_ADD = Arg(("--add",), action="append", default=[], help="also serve this queue")
+ARG_REMOVE = Arg(("--remove",), action="append", default=[], help="stop serving this queue")
+ARG_SLOTS = Arg(("concurrency",), type=int, help="how many slots the worker runs")
 
 
 def _command(name: str, help_text: str, *args: Arg) -> ActionCommand:
@@ -31,7 +43,43 @@ def get_cli_commands() -> list[GroupCommand]:
             subcommands=(
                 _command("check", "Check the edge_mailbox settings, keys and the bucket"),
                 _command("workers", "Workers: state, queues, slots, last heartbeat", ARG_OUTPUT),
-                _command("queues", "Pending jobs per queue and the age of the oldest", ARG_OUTPUT),
+                _command(
+                    "queues",
+                    "Pending jobs per queue; with WORKER, change the queues it serves",
+                    ARG_WORKER_OPT,
+                    ARG_SET,
+                    ARG_ADD,
+                    ARG_REMOVE,
+                    ARG_WAIT,
+                    ARG_TIMEOUT,
+                    ARG_OUTPUT,
+                ),
+                _command(
+                    "maintenance",
+                    "Put a worker in maintenance (it takes no new tasks) or take it out",
+                    ARG_WORKER,
+                    ARG_MODE,
+                    ARG_COMMENT,
+                    ARG_WAIT,
+                    ARG_TIMEOUT,
+                ),
+                _command(
+                    "shutdown",
+                    "Stop a worker after its running tasks finish",
+                    ARG_WORKERS_OPT,
+                    ARG_ALL,
+                    ARG_WAIT,
+                    ARG_TIMEOUT,
+                ),
+                _command(
+                    "concurrency",
+                    "Set how many slots a worker runs",
+                    ARG_WORKER,
+                    ARG_SLOTS,
+                    ARG_WAIT,
+                    ARG_TIMEOUT,
+                ),
+                _command("forget", "Remove a gone worker's heartbeat and command", ARG_WORKER),
                 _command("jobs", "Recent jobs and their states", ARG_OUTPUT, ARG_SINCE),
                 _command("sweep", "Delete old finished jobs' objects", ARG_OLDER, ARG_DRY),
             ),
@@ -91,10 +139,118 @@ def workers_command(args: Any) -> None:
 
 
 def queues_command(args: Any) -> None:
+    from edge_mailbox.executor.fleet_control import Change
     from edge_mailbox.executor.inventory import queues
 
+    if args.worker:
+        chosen = tuple(q.strip() for q in args.set.split(",") if q.strip()) if args.set else None
+        if chosen is None and not (args.add or args.remove):
+            raise SystemExit("queues WORKER: give --set a,b or --add Q or --remove Q")
+        _send(
+            [args.worker],
+            Change(queues=chosen, add_queues=tuple(args.add), remove_queues=tuple(args.remove)),
+            args,
+        )
+        return
     _, mailbox = _context()
     _print(queues(mailbox), args.output)
+
+
+def maintenance_command(args: Any) -> None:
+    from edge_mailbox.executor.fleet_control import Change
+
+    on = args.mode == "on"
+    _send([args.worker], Change(maintenance=on, comment=args.comment), args)
+
+
+def shutdown_command(args: Any) -> None:
+    from edge_mailbox.executor.fleet_control import Change
+
+    if bool(args.worker) == bool(args.all):
+        raise SystemExit("shutdown: give a WORKER or --all")
+    names = [args.worker] if args.worker else None
+    _send(names, Change(shutdown=True), args)
+
+
+def concurrency_command(args: Any) -> None:
+    from edge_mailbox.executor.fleet_control import Change
+
+    _send([args.worker], Change(concurrency=args.concurrency), args)
+
+
+def forget_command(args: Any) -> None:
+    from edge_mailbox.executor.fleet_control import FleetError
+
+    control = _fleet()
+    try:
+        control.forget(args.worker)
+    except FleetError as exc:
+        raise SystemExit(str(exc)) from None
+    print(f"forgot worker {args.worker}: its heartbeat and command are deleted")
+
+
+def _fleet() -> Any:
+    from edge_mailbox.executor.fleet_control import FleetControl
+
+    settings, mailbox = _context()
+    return FleetControl(
+        mailbox, settings.signing_key, settings.worker_keys, settings.worker_timeout
+    )
+
+
+def _send(names: list[str] | None, change: Any, args: Any) -> None:
+    """Write each worker's next command; with --wait, wait for each heartbeat to show it."""
+    import getpass
+    import socket
+
+    from edge_mailbox.executor.fleet_control import FleetError, reached
+
+    control = _fleet()
+    if names is None:  # --all: every worker whose heartbeat is in the bucket
+        names = [
+            n
+            for e in control.mailbox.list_heartbeats()
+            if (n := control.mailbox.layout.parse_heartbeat(e.key))
+        ]
+    user = f"{getpass.getuser()}@{socket.gethostname()}"
+    sent = []
+    failed = False
+    for name in names:
+        try:
+            command = control.send(name, user, change)
+        except FleetError as exc:
+            print(f"{name}: {exc}")
+            failed = True
+            continue
+        print(f"{name}: command {command.seq} written ({_describe(command)})")
+        sent.append(command)
+    if getattr(args, "wait", False):
+        for command in sent:
+            try:
+                hb = control.wait_applied(
+                    command.worker, command.seq, args.timeout, reached(change)
+                )
+            except FleetError as exc:
+                print(str(exc))
+                failed = True
+                continue
+            print(
+                f"{command.worker}: {hb.state.value}, queues {','.join(hb.queues)}, "
+                f"concurrency {hb.concurrency}"
+            )
+    if failed:
+        raise SystemExit(1)
+
+
+def _describe(command: Any) -> str:
+    parts = [
+        "maintenance" if command.maintenance else "in service",
+        f"queues {','.join(command.queues)}",
+        f"concurrency {command.concurrency}",
+    ]
+    if command.shutdown:
+        parts.insert(0, "shutdown")
+    return ", ".join(parts)
 
 
 def jobs_command(args: Any) -> None:

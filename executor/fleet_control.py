@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
 
 from edge_mailbox.mailbox.errors import NotFound, ProtocolError
-from edge_mailbox.mailbox.models import Heartbeat, WorkerCommand, WorkerState
+from edge_mailbox.mailbox.models import Heartbeat, MaintenanceSource, WorkerCommand, WorkerState
 from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.signer import KeyRing, SigningKey, VerificationError
 
@@ -149,16 +150,18 @@ class FleetControl:
         self.mailbox.delete_command(worker)
 
     def wait_applied(
-        self, worker: str, seq: int, timeout: float, *, offline: bool = False
+        self,
+        worker: str,
+        seq: int,
+        timeout: float,
+        until: Callable[[Heartbeat], bool] = lambda heartbeat: True,
     ) -> Heartbeat:
         """Poll the worker's heartbeat until it reports command ``seq`` applied (it sends one
-        at once when its state changes), and with ``offline`` until it stopped too;
+        at once when it applies one or its state changes) and ``until`` holds of it;
         FleetError after ``timeout`` seconds."""
 
         def pending(heartbeat: Heartbeat | None) -> bool:
-            if heartbeat is None or heartbeat.command_seq < seq:
-                return True
-            return offline and heartbeat.state != WorkerState.OFFLINE
+            return heartbeat is None or heartbeat.command_seq < seq or not until(heartbeat)
 
         @retry(retry=retry_if_result(pending), wait=wait_fixed(1.0), stop=stop_after_delay(timeout))
         def poll() -> Heartbeat | None:
@@ -166,8 +169,24 @@ class FleetControl:
 
         try:
             heartbeat = poll()
-        except RetryError:
-            what = "stop" if offline else f"report command {seq}"
-            raise FleetError(f"worker {worker!r} did not {what} within {timeout:.0f}s") from None
+        except RetryError as exc:
+            last = exc.last_attempt.result()
+            where = f"{last.state.value}, at command {last.command_seq}" if last else "no heartbeat"
+            raise FleetError(
+                f"worker {worker!r} not there after {timeout:.0f}s ({where})"
+            ) from None
         assert heartbeat is not None
         return heartbeat
+
+
+def reached(change: Change) -> Callable[[Heartbeat], bool]:
+    """What ``--wait`` waits for after ``change``: a stopped worker, a drained one in
+    maintenance, one back in service (unless its host holds it in maintenance), or the
+    command applied."""
+    if change.shutdown:
+        return lambda hb: hb.state == WorkerState.OFFLINE
+    if change.maintenance:
+        return lambda hb: hb.state == WorkerState.MAINTENANCE
+    if change.maintenance is False:
+        return lambda hb: MaintenanceSource.REMOTE not in hb.maintenance_by
+    return lambda hb: True

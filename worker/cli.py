@@ -130,7 +130,7 @@ def _maintenance(args: argparse.Namespace) -> int:
             print("edge-mailbox-worker: not there yet after --timeout", file=sys.stderr)
             return 1
         status = run_dir.read_status() or {}
-        if status.get("maintenance_by"):  # off here, but the scheduler side holds it
+        if not on and status.get("maintenance_by"):  # off here; the scheduler side holds it
             print(f"worker stays in maintenance: {status.get('maintenance_comment', '')}")
         else:
             print(f"worker is in {'maintenance' if on else 'service'}")
