@@ -46,15 +46,14 @@ CLEANUP_INTERVAL = 3600.0
 STALE_AFTER = 3600.0  # another owner's snapshot not rewritten for this long is removed
 # The task-instance fields a FleetJob names, as Airflow's TaskInstanceKey has them.
 TI_FIELDS = ("dag_id", "run_id", "task_id", "map_index", "try_number")
-# An escaped owner longer than this would be hashed in its key, and could not be read back.
-_MAX_ENCODED_OWNER = 120
 
 
 def process_owner() -> str:
     """This scheduler process, as ``host:pid``: stable while it runs, distinct between the
-    schedulers of a fleet. The host name is shortened until its escaped key stays readable."""
-    host, pid = socket.gethostname() or "scheduler", os.getpid()
-    while len(encode_name(f"{host}:{pid}", kind="scheduler", limit=256)) > _MAX_ENCODED_OWNER:
+    schedulers of a fleet. A long host name is shortened: escaped, the owner must not need
+    the hash that stands for a long name in a key, which cannot be read back."""
+    host, pid = (socket.gethostname() or "scheduler")[:200], os.getpid()
+    while "~" in encode_name(f"{host}:{pid}", kind="scheduler", limit=256):
         host = host[:-1]
     return f"{host}:{pid}"
 

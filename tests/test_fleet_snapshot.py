@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
 import time
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ import pytest
 from airflow.models.taskinstancekey import TaskInstanceKey
 from test_relay_two_reconcilers import TI, claimed_job, make_settings
 
-from edge_mailbox.executor.fleet_snapshot import SnapshotWriter
+from edge_mailbox.executor.fleet_snapshot import SnapshotWriter, process_owner
 from edge_mailbox.executor.jobs import JobTable, Phase
 from edge_mailbox.executor.liveness import Beat, WorkerWatch
 from edge_mailbox.executor.reconciler import Job, Reconciler
@@ -293,3 +294,11 @@ def test_an_oversized_snapshot_drops_finished_jobs_then_the_longest_unheard_work
     shown = [w.heartbeat.worker for w in snapshot.workers]
     assert 0 < len(shown) < 60
     assert shown == [f"w{i:02d}" for i in range(59, 59 - len(shown), -1)]  # the latest heard
+
+
+def test_the_owner_of_a_long_host_name_can_be_read_back_from_its_key(monkeypatch) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: "node." * 60)
+    owner = process_owner()
+    layout = Mailbox(MemoryStore()).layout
+    assert owner.startswith("node.node.") and owner.endswith(":" + str(os.getpid()))
+    assert layout.parse_fleet_snapshot(layout.fleet_snapshot(owner)) == owner
