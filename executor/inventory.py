@@ -24,6 +24,8 @@ class WorkerRow:
     last_heartbeat_age: float
     version: str
     comment: str
+    maintenance_by: str = ""  # local, remote: who holds it in maintenance
+    command: int = 0  # the newest scheduler-side command it applied
 
 
 @dataclass
@@ -70,6 +72,8 @@ def workers(mailbox: Mailbox, worker_keys: KeyRing, timeout: float) -> list[Work
                 age,
                 hb.version,
                 hb.maintenance_comment,
+                ",".join(source.value for source in hb.maintenance_by),
+                hb.command_seq,
             )
         )
     return rows
