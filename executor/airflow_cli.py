@@ -23,6 +23,8 @@ ARG_WORKERS_OPT = Arg(("worker",), nargs="?", help="the worker's name (or --all)
 ARG_SET = Arg(("--set",), default=None, help="serve exactly these queues (comma-separated)")
 ARG_ADD = Arg(("--add",), action="append", default=[], help="also serve this queue")
 ARG_REMOVE = Arg(("--remove",), action="append", default=[], help="stop serving this queue")
+ARG_TARGET = Arg(("target",), nargs="?", help="an object's key, or s3://BUCKET/KEY")
+ARG_JOB = Arg(("--job",), default=None, help="a job id: print its whole story")
 ARG_SLOTS = Arg(("concurrency",), type=int, help="how many slots the worker runs")
 
 
@@ -80,6 +82,12 @@ def get_cli_commands() -> list[GroupCommand]:
                     ARG_TIMEOUT,
                 ),
                 _command("forget", "Remove a gone worker's heartbeat and command", ARG_WORKER),
+                _command(
+                    "inspect",
+                    "Decode a mailbox object: kind, signer, whether it verifies, its body",
+                    ARG_TARGET,
+                    ARG_JOB,
+                ),
                 _command("jobs", "Recent jobs and their states", ARG_OUTPUT, ARG_SINCE),
                 _command("sweep", "Delete old finished jobs' objects", ARG_OLDER, ARG_DRY),
             ),
@@ -187,6 +195,26 @@ def forget_command(args: Any) -> None:
     except FleetError as exc:
         raise SystemExit(str(exc)) from None
     print(f"forgot worker {args.worker}: its heartbeat and command are deleted")
+
+
+def inspect_command(args: Any) -> None:
+    from edge_mailbox.executor.inspect import Inspector
+    from edge_mailbox.signer import KeyRing
+
+    if bool(args.target) == bool(args.job):
+        raise SystemExit("inspect: give an object's KEY (or s3://BUCKET/KEY), or --job JOB")
+    settings, mailbox = _context()
+    inspector = Inspector(mailbox, KeyRing([settings.signing_key.public]), settings.worker_keys)
+    try:
+        reports = (
+            list(inspector.job_story(args.job)) if args.job else [inspector.inspect(args.target)]
+        )
+    except ValueError as exc:
+        raise SystemExit(f"inspect: {exc}") from None
+    if not reports:
+        print(f"no objects of job {args.job}")
+    for report in reports:
+        print("\n".join(report.lines()))
 
 
 def _fleet() -> Any:
