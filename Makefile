@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # No Airflow, no SeaweedFS: the logic above the store runs on the in-memory store.
 unit: $(STAMP)
