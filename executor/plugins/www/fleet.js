@@ -475,8 +475,12 @@ function start() {
   for (const tab of document.querySelectorAll(".tabs button")) {
     tab.addEventListener("click", () => showTab(tab.dataset.tab));
   }
-  const initial = location.hash.slice(1);
-  showTab(["workers", "queues", "jobs", "cost"].includes(initial) ? initial : "workers");
+  const fromHash = () => {
+    const name = location.hash.slice(1);
+    showTab(["workers", "queues", "jobs", "cost"].includes(name) ? name : "workers");
+  };
+  window.addEventListener("hashchange", fromHash);
+  fromHash();
   for (const id of ["#w-search", "#w-queue", "#w-state"]) {
     $(id).addEventListener("input", () => state.fleet && renderWorkers(state.fleet));
   }
