@@ -176,6 +176,7 @@ class MailboxExecutor(BaseExecutor):
                 "ti": ti.model_dump(mode="json"),
                 "pool_slots": int(getattr(ti, "pool_slots", 1) or 1),
                 "priority": int(getattr(ti, "priority_weight", 1) or 1),
+                "fresh_interpreter": _fresh_interpreter(ti.executor_config),
             }
         seal_key = SealKey.derive(self.settings.signing_key.seed(), job_id).public
         if ti is None:
@@ -272,6 +273,32 @@ class MailboxExecutor(BaseExecutor):
         The sources are never empty: otherwise Airflow would ask the worker's log server on
         port 8793, which edge workers do not run and cannot be reached on."""
         return read_running_log(ti, try_number)
+
+
+EXECUTOR_CONFIG_KEYS = ("fresh_interpreter",)  # of a task's executor_config["edge_mailbox"]
+
+
+def _fresh_interpreter(executor_config: dict | None) -> bool:
+    """Whether a task asks to start in a new Python process on its worker, with
+    ``executor_config={"edge_mailbox": {"fresh_interpreter": True}}``. Anything else under
+    "edge_mailbox" is refused with its reason (the task is failed, not run otherwise than
+    asked): a misspelt key would silently fork a task that cannot be forked."""
+    ours = (executor_config or {}).get("edge_mailbox", {})
+    if not isinstance(ours, dict):
+        raise ValueError(f'executor_config["edge_mailbox"] must be a dict, not {ours!r}')
+    unknown = sorted(set(ours) - set(EXECUTOR_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(
+            f'executor_config["edge_mailbox"] has unknown keys {unknown}; '
+            f"known: {list(EXECUTOR_CONFIG_KEYS)}"
+        )
+    fresh = ours.get("fresh_interpreter", False)
+    if not isinstance(fresh, bool):
+        raise ValueError(
+            f'executor_config["edge_mailbox"]["fresh_interpreter"] must be True or False, '
+            f"not {fresh!r}"
+        )
+    return fresh
 
 
 def _try_is_current(ti_id: str, job_id: str) -> bool:

@@ -96,6 +96,7 @@ class JobManifest(WireModel):
     callback (``callback``: id, fetch_method, data; ``ti`` empty). Never the token."""
 
     KIND = "job"
+    SCHEMA_MINOR = 1
     MAX_BYTES = 256 * KiB
 
     job_id: str = Field(pattern=JOB_ID)
@@ -110,6 +111,9 @@ class JobManifest(WireModel):
     priority: int = 1
     seal_key: str = Field(min_length=43, max_length=43, description="scheduler's per-job X25519")
     scheduler_version: str = Field(max_length=64)
+    # 1.1: the task asked (executor_config) to start in a new Python process, not forked from
+    # the worker (threads started at import, CUDA, native libraries that do not survive a fork).
+    fresh_interpreter: bool = False
 
     @property
     def subject_id(self) -> str:

@@ -354,6 +354,14 @@ class WorkerOptions(StoreOptions):
         ge=1024**2,
         le=1024**5,
     )
+    worker_fresh_interpreter: bool = option(
+        False,
+        description="Start every task in a new Python process instead of a runner forked from "
+        "the worker (slower: it imports Airflow for each task); for tasks that cannot be forked "
+        "safely. A task asks for it alone with "
+        'executor_config={"edge_mailbox": {"fresh_interpreter": True}}.',
+        flag="--fresh-interpreter",
+    )
 
 
 Options = TypeVar("Options", bound=StoreOptions)

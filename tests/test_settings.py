@@ -174,6 +174,7 @@ def test_every_worker_flag_comes_from_the_options_and_beats_the_config(keys) -> 
         "--drain-timeout": "12",
         "--log-retention-days": "2",
         "--log-max-bytes": str(1024**3),
+        "--fresh-interpreter": "true",
     }
     declared = {flag_of(f) for f in WorkerOptions.model_fields.values()} - {None}
     assert declared == set(flags)
@@ -196,6 +197,23 @@ def test_every_worker_flag_comes_from_the_options_and_beats_the_config(keys) -> 
     assert (settings.poll_min, settings.poll_max) == (0.5, 7)
     assert (settings.heartbeat_interval, settings.drain_timeout) == (11, 12)
     assert (settings.log_retention_days, settings.log_max_bytes) == (2, 1024**3)
+    assert settings.fresh_interpreter is True
+
+
+def test_fresh_interpreter_from_the_flag_alone_the_config_or_the_default(keys) -> None:
+    conf = FakeConf(
+        bucket="airflow-edge",
+        worker_key_path=str(keys / "workers" / "w1.pem"),
+        scheduler_public_keys=str(keys / "scheduler.pem.pub"),
+    )
+    assert resolve(build_parser().parse_args([]), conf).fresh_interpreter is False
+    assert resolve(build_parser().parse_args(["--fresh-interpreter"]), conf).fresh_interpreter
+    on = FakeConf(**conf.options, worker_fresh_interpreter="True")
+    assert resolve(build_parser().parse_args([]), on).fresh_interpreter is True
+    off = build_parser().parse_args(["--fresh-interpreter", "false"])
+    assert resolve(off, on).fresh_interpreter is False
+    with pytest.raises(WorkerConfigError, match=r"--fresh-interpreter: .*valid boolean"):
+        resolve(build_parser().parse_args(["--fresh-interpreter", "maybe"]), conf)
 
 
 def test_worker_options_from_config_then_defaults(keys) -> None:

@@ -4,9 +4,10 @@ The Task SDK's ``supervise_task`` installs signal handlers and forks, so it must
 main thread of its process: ``run`` runs in one of the worker's runners (runners.py),
 forked after ``preload`` imported the Task SDK and the task runner's DAG parser once, so
 that a job starts in milliseconds instead of re-importing Airflow (which is what makes a
-fan-out CPU-bound on a small machine). The job's spec (manifest, keys) goes over a pipe:
-nothing secret goes on a command line or to disk. ``python -m
-edge_mailbox.worker.job_process`` (spec on stdin) runs one in a fresh interpreter.
+fan-out CPU-bound on a small machine). A job whose manifest asks for it, or every job of a
+worker set so (``worker_fresh_interpreter``), runs in a runner started as a new Python
+process instead (fresh_runner.py). The job's spec (manifest, keys) goes over a pipe either
+way: nothing secret goes on a command line, into the environment or to disk.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from edge_mailbox.mailbox.codec import binding, decode_signed
 from edge_mailbox.mailbox.config import StoreConfig
+from edge_mailbox.mailbox.errors import ProtocolError
+from edge_mailbox.mailbox.models import JobManifest
 from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.mailbox.routes import CALLBACK_DATA_PATH
 from edge_mailbox.mailbox.store import ObjectStore, make_boto_client
-from edge_mailbox.signer import KeyRing, PublicKey, SealKey, SigningKey
+from edge_mailbox.signer import KeyRing, PublicKey, SealKey, SigningKey, VerificationError
 from edge_mailbox.signer.keys import b64url, b64url_decode
 from edge_mailbox.worker.transport import BASE_URL, RelayTransport
 
@@ -43,7 +47,11 @@ def make_spec(
     relay_deadline: float,
     stats_path: Path | None,
     relay_wait: float = 0.1,
+    fresh_interpreter: bool = False,
 ) -> dict[str, Any]:
+    """What a runner needs to run one job. ``fresh_interpreter`` (the worker's setting), or
+    the manifest's own, starts its runner as a new Python process (runners.py)."""
+    fresh = fresh_interpreter or _asks_fresh(store, manifest, queue, job_id, scheduler_keys)
     return {
         "store": store.model_dump(mode="json"),
         "manifest": manifest,
@@ -55,7 +63,22 @@ def make_spec(
         "relay_deadline": relay_deadline,
         "relay_wait": relay_wait,
         "stats_path": str(stats_path) if stats_path else None,
+        "fresh_interpreter": fresh,
     }
+
+
+def _asks_fresh(
+    store: StoreConfig, manifest: str, queue: str, job_id: str, scheduler_keys: KeyRing
+) -> bool:
+    """Whether the manifest asks for a fresh interpreter: believed only once verified, as
+    everything read from the bucket. One it fails (it cannot, the worker has just verified
+    it) is forked as usual, and its runner refuses it with the reason."""
+    bind = binding(store.bucket, store.prefix, queue=queue, job_id=job_id)
+    try:
+        signed = decode_signed(manifest.encode(), JobManifest, scheduler_keys, bind=bind)
+    except (ProtocolError, VerificationError):
+        return False
+    return signed.model.fresh_interpreter
 
 
 def run(spec: dict) -> int:

@@ -8,6 +8,10 @@ worker's preload, so it starts in milliseconds), runs jobs one after another as 
 hands them over a pipe, and is retired after a minute without work, so an idle worker holds
 no runners. A runner that dies with its job is simply replaced.
 
+A job that cannot be forked safely (threads started at import, CUDA, native libraries) gets
+a runner of its own started as a new Python process (fresh_runner.py) and retired after that
+job: the same pipe, the same session and death-with-the-worker, only without the preload.
+
 A job is more than one process group: the Task SDK puts the task in a group of its own, and
 a task may start more. What they share is the runner's session (a runner calls setsid), so
 "the job's processes" are the runner's descendants and whatever else is left in its session.
@@ -22,6 +26,8 @@ import logging
 import os
 import signal
 import struct
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -110,6 +116,20 @@ def _die_with_worker(worker: int) -> None:
         _on_worker_gone(runner, WORKER_GONE, None)
 
 
+def serve_runner(conn: Connection, run: Callable[[dict[str, Any]], int], worker: int) -> int:
+    """A runner's life once it is in its own session: die with ``worker``, run the jobs it
+    hands over. Its exit code."""
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the worker's handlers
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _die_with_worker(worker)
+        _serve(conn, run)
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
 def _serve(conn: Connection, run: Callable[[dict[str, Any]], int]) -> None:
     """The runner's loop: a job spec in, its exit code out, until the worker hangs up."""
     while True:
@@ -128,29 +148,19 @@ def _serve(conn: Connection, run: Callable[[dict[str, Any]], int]) -> None:
 
 
 class Runner:
-    """One runner process, seen from the worker."""
+    """One runner process, seen from the worker: forked, or ``fresh`` (a new interpreter)."""
 
-    def __init__(self, run: Callable[[dict[str, Any]], int], others: list[Runner]) -> None:
+    def __init__(
+        self, run: Callable[[dict[str, Any]], int], others: list[Runner], fresh: bool = False
+    ) -> None:
         ours, theirs = Pipe()
-        worker = os.getpid()
-        pid = os.fork()  # the caller is single-threaded: a fork copies only this thread
-        if pid == 0:
-            ours.close()
-            for other in others:  # or the other runners would never see their worker hang up
-                other.conn.close()
-            code = 0
-            try:
-                os.setsid()  # a session of its own: the worker can find a whole job tree
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the worker's handlers
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                _die_with_worker(worker)
-                _serve(theirs, run)
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            finally:
-                logging.shutdown()
-                os._exit(code)
+        self.fresh = fresh
+        self.process: subprocess.Popen[bytes] | None = None  # a fresh runner's
+        if fresh:
+            self.process = _start_fresh(run, theirs)
+            pid = self.process.pid
+        else:
+            pid = _fork(run, ours, theirs, others)
         theirs.close()
         self.pid = pid
         self.conn = ours
@@ -172,10 +182,56 @@ class Runner:
 
     def _reap(self) -> None:
         """Reap the ended runner, after killing what its job left (a runner killed alone
-        leaves its task orphaned): until reaped, its pid cannot name another process."""
+        leaves its task orphaned): until reaped, its pid cannot name another process. A
+        fresh runner is reaped through its Popen, which would otherwise reap a later process
+        of the same pid when collected."""
         kill_job(self.pid)
+        if self.process is not None:
+            self.exit_code = self.process.wait()
+            return
         _, status = os.waitpid(self.pid, 0)
         self.exit_code = os.waitstatus_to_exitcode(status)
+
+
+def _fork(
+    run: Callable[[dict[str, Any]], int], ours: Connection, theirs: Connection, others: list[Runner]
+) -> int:
+    """Fork a runner (the caller is single-threaded: a fork copies only this thread)."""
+    worker = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        for other in others:  # or the other runners would never see their worker hang up
+            other.conn.close()
+        code = 1
+        try:
+            os.setsid()  # a session of its own: the worker can find a whole job tree
+            code = serve_runner(theirs, run, worker)
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    return pid
+
+
+def _start_fresh(
+    run: Callable[[dict[str, Any]], int], theirs: Connection
+) -> subprocess.Popen[bytes]:
+    """Start a runner as a new Python process, in a session of its own, given only its end
+    of the pipe (every other descriptor is closed), this worker's pid and where ``run`` is
+    (module:name): the job's spec follows over the pipe, never on its command line."""
+    fd = theirs.fileno()
+    target = f"{run.__module__}:{run.__qualname__}"
+    command = [
+        sys.executable,
+        "-P",
+        "-m",
+        "edge_mailbox.worker.fresh_runner",
+        str(fd),
+        str(os.getpid()),
+    ]
+    return subprocess.Popen(
+        [*command, target], pass_fds=(fd,), start_new_session=True, stdin=subprocess.DEVNULL
+    )
 
 
 class JobHandle:
@@ -231,9 +287,11 @@ class RunnerPool:
         self.retiring: list[Runner] = []  # hung up on, not reaped yet
 
     def start(self, spec: dict[str, Any]) -> JobHandle:
-        """Hand ``spec`` to an idle runner, or to a new one."""
+        """Hand ``spec`` to an idle runner, or to a new one; one whose spec says
+        ``fresh_interpreter`` to a new fresh runner, its own."""
         body = json.dumps(spec).encode()
-        while self.idle:
+        fresh = bool(spec.get("fresh_interpreter"))
+        while self.idle and not fresh:
             runner = self.idle.pop()
             if not runner.alive():
                 runner.conn.close()
@@ -245,7 +303,7 @@ class RunnerPool:
                 continue
             return JobHandle(runner, self)
         self.all = [r for r in self.all if not r.conn.closed]
-        runner = Runner(self.run, self.all)
+        runner = Runner(self.run, self.all, fresh=fresh)
         self.all.append(runner)
         runner.conn.send_bytes(body)
         return JobHandle(runner, self)
@@ -263,7 +321,7 @@ class RunnerPool:
 
     def give_back(self, runner: Runner) -> None:
         runner.jobs += 1
-        if runner.jobs >= self.jobs_per_runner:
+        if runner.fresh or runner.jobs >= self.jobs_per_runner:
             self._hang_up(runner)
             return
         runner.idle_since = time.monotonic()

@@ -47,6 +47,7 @@ class WorkerSettings:
     drain_timeout: float = default(WorkerOptions, "worker_drain_timeout")
     log_retention_days: float = default(WorkerOptions, "worker_log_retention_days")
     log_max_bytes: int = default(WorkerOptions, "worker_log_max_bytes")
+    fresh_interpreter: bool = default(WorkerOptions, "worker_fresh_interpreter")
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -67,8 +68,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         description = str(field.description).replace("%", "%%")
         literal = typing.get_origin(field.annotation) is typing.Literal
         choices = typing.get_args(field.annotation) if literal else None
+        # A yes/no option's flag alone means yes (``--fresh-interpreter``); it also takes a value.
+        switch = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
         parser.add_argument(
-            flag, choices=choices, help=f"{description} ([{SECTION}] {name}; {fallback})"
+            flag, choices=choices, help=f"{description} ([{SECTION}] {name}; {fallback})", **switch
         )
 
 
@@ -102,4 +105,5 @@ def resolve(args: argparse.Namespace, conf: Any = None) -> WorkerSettings:
         drain_timeout=options.worker_drain_timeout,
         log_retention_days=options.worker_log_retention_days,
         log_max_bytes=options.worker_log_max_bytes,
+        fresh_interpreter=options.worker_fresh_interpreter,
     )
