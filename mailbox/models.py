@@ -14,7 +14,7 @@ import json
 import re
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_mailbox.mailbox.errors import ProtocolError
 from edge_mailbox.mailbox.layout import MAX_QUEUE_NAME, MAX_WORKER_NAME
@@ -24,6 +24,7 @@ from edge_mailbox.signer.envelope import MAX_TOKEN_BYTES
 M = TypeVar("M", bound="WireModel")
 _VERSION = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
 JOB_ID = r"^[0-9a-f]{28}$"
+UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 KiB = 1024
 # Seconds since 1970, finite and before the year 5138: arithmetic on a signed time (an
 # elapsed time, a timedelta for a metric) can never overflow.
@@ -91,12 +92,26 @@ class WireModel(BaseModel):
         return raw
 
 
+class ConnectionTest(BaseModel):
+    """Airflow's TestConnection workload as a manifest carries it: which test (its id, the
+    Execution API's ``connection-tests/{id}`` and the token's subject), of which connection,
+    for how long. The connection itself is never in it: the worker fetches it through the
+    relay, sealed to its own key."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    id: str = Field(pattern=UUID)
+    connection_id: str = Field(min_length=1, max_length=250)
+    timeout: int = Field(ge=1, le=86_400)
+
+
 class JobManifest(WireModel):
-    """What a worker needs to run one enqueue of a task instance (``ti``) or of an executor
-    callback (``callback``: id, fetch_method, data; ``ti`` empty). Never the token."""
+    """What a worker needs to run one enqueue of a task instance (``ti``), of an executor
+    callback (``callback``: id, fetch_method, data; ``ti`` empty) or of a connection test
+    (``connection_test``; no ``ti``, DAG file or bundle). Never the token."""
 
     KIND = "job"
-    SCHEMA_MINOR = 1
+    SCHEMA_MINOR = 2
     MAX_BYTES = 256 * KiB
 
     job_id: str = Field(pattern=JOB_ID)
@@ -104,8 +119,8 @@ class JobManifest(WireModel):
     enqueued_at: Timestamp
     ti: dict[str, Any] = Field(default_factory=dict)
     callback: dict[str, Any] | None = None
-    dag_rel_path: str = Field(min_length=1, max_length=4096)
-    bundle_info: dict[str, Any]
+    dag_rel_path: str = Field(default="", max_length=4096)  # required unless a connection test
+    bundle_info: dict[str, Any] = Field(default_factory=dict)
     log_path: str | None = Field(default=None, max_length=4096)
     pool_slots: int = Field(default=1, ge=1, le=10_000)
     priority: int = 1
@@ -114,13 +129,30 @@ class JobManifest(WireModel):
     # 1.1: the task asked (executor_config) to start in a new Python process, not forked from
     # the worker (threads started at import, CUDA, native libraries that do not survive a fork).
     fresh_interpreter: bool = False
+    # 1.2: a connection test (Airflow's TestConnection workload) instead of a task.
+    connection_test: ConnectionTest | None = None
+
+    @model_validator(mode="after")
+    def _one_workload(self) -> JobManifest:
+        """A connection test runs no DAG code: it comes alone. Anything else runs a DAG file."""
+        if self.connection_test is not None:
+            if self.ti or self.callback is not None:
+                raise ValueError("a connection test comes without ti or callback")
+        elif not self.dag_rel_path:
+            raise ValueError("dag_rel_path is required for a task or callback")
+        return self
 
     @property
     def subject_id(self) -> str:
-        """Whose job this is for the Execution API: the task instance's or callback's id."""
+        """Whose job this is for the Execution API: the task instance's, callback's or
+        connection test's id."""
+        if self.connection_test:
+            return self.connection_test.id
         return str(self.callback["id"] if self.callback else self.ti["id"])
 
     def describe(self) -> str:
+        if self.connection_test:
+            return f"connection test of {self.connection_test.connection_id} ({self.subject_id})"
         if self.callback:
             return f"callback {self.callback.get('data', {}).get('path', '')} ({self.subject_id})"
         ti = self.ti

@@ -47,6 +47,25 @@ ALLOWED_ROUTES: tuple[tuple[frozenset[str], str], ...] = tuple(
     )
 )
 
+# A connection test's job (manifest ``connection_test``) may make exactly the two calls of the
+# Task SDK's connection-test supervisor, for its own test ("{ct}"), and nothing of the task
+# routes above: fetch the connection under test (once; the Execution API marks the test
+# running) and report its state. The connection comes from the test's own request, never
+# from ``connections/``, so the job can read no other connection and touch no other test.
+CONNECTION_TEST_ROUTES: tuple[tuple[str, str], ...] = (
+    ("GET", "connection-tests/{ct}/connection"),
+    ("PATCH", "connection-tests/{ct}"),
+)
+
+
+def allowed_for_connection_test(method: str, path: str, test_id: str, query: str = "") -> bool:
+    """Is ``method path?query`` a call the job of connection test ``test_id`` may make? The
+    path must be one of the two exactly (no query: the supervisor sends none)."""
+    return not query and (method, path) in {
+        (allowed_method, route.replace("{ct}", test_id))
+        for allowed_method, route in CONNECTION_TEST_ROUTES
+    }
+
 
 # What a path may not hold: percent-escapes (the Execution API would decode them into
 # slashes, dots or a query), a query or fragment, a backslash (read as a slash by some

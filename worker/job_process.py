@@ -107,6 +107,10 @@ def run(spec: dict) -> int:
     )
     client = relay_client(transport)
     try:
+        if manifest.connection_test:
+            from edge_mailbox.worker.connection_test import run_connection_test
+
+            return run_connection_test(manifest.connection_test, client, RELAY_TOKEN)
         if manifest.callback:
             from airflow.sdk.execution_time.callback_supervisor import supervise_callback
 
