@@ -75,6 +75,7 @@ class Job:
     # replayed in id order, so a lower one is a replay of one handled before.
     high_water: str = ""
     callback_data: dict | None = None  # an executor callback's data, sealed to us
+    connection_test: bool = False  # a connection test's: its own routes only, workload tokens
     lock: threading.Lock = field(default_factory=threading.Lock)  # one relay call at a time
 
     @property

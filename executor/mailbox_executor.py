@@ -32,14 +32,15 @@ from edge_mailbox.executor.reconciler import Event, Job, Reconciler
 from edge_mailbox.executor.settings import ExecutorSettings, load_settings
 from edge_mailbox.mailbox.credentials import credentials_required
 from edge_mailbox.mailbox.layout import new_id
-from edge_mailbox.mailbox.models import JobManifest
+from edge_mailbox.mailbox.models import ConnectionTest, JobManifest
 from edge_mailbox.mailbox.protocol import Mailbox
 from edge_mailbox.mailbox.relaycodec import seal_callback_data
 from edge_mailbox.mailbox.store import ObjectStore
 from edge_mailbox.signer import SealKey
 
 if TYPE_CHECKING:
-    from airflow.executors.workloads import ExecuteCallback, ExecuteTask
+    from airflow.executors.workloads import ExecuteCallback, ExecuteTask, TestConnection
+    from airflow.models.connection_test import ConnectionTestKey
     from airflow.models.taskinstance import TaskInstance
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class MailboxExecutor(BaseExecutor):
 
     supports_ad_hoc_ti_run = True
     supports_callbacks = True  # deadline and other executor callbacks run on edge workers
+    supports_connection_test = True  # "Test connection" runs on an edge worker of its queue
     is_local = False
     is_production = True
     serve_logs = False
@@ -124,12 +126,13 @@ class MailboxExecutor(BaseExecutor):
     # -- enqueue -----------------------------------------------------------------------------
 
     def _process_workloads(self, workloads: Sequence[Any]) -> None:
-        from airflow.executors.workloads import ExecuteCallback, ExecuteTask
+        from airflow.executors.workloads import ExecuteCallback, ExecuteTask, TestConnection
 
         assert self.mailbox and self.settings and self.reconciler and self._writer
-        runnable = [w for w in workloads if isinstance(w, (ExecuteTask, ExecuteCallback))]
+        kinds = (ExecuteTask, ExecuteCallback, TestConnection)
+        runnable = [w for w in workloads if isinstance(w, kinds)]
         for other in workloads:
-            if not isinstance(other, (ExecuteTask, ExecuteCallback)):
+            if not isinstance(other, kinds):
                 raise NotImplementedError(f"MailboxExecutor cannot run {type(other).__name__}")
         futures = [(w, self._writer.submit(self._enqueue, w)) for w in runnable]
         queues: set[str] = set()
@@ -137,6 +140,7 @@ class MailboxExecutor(BaseExecutor):
             key = workload.key
             self.queued_tasks.pop(key, None)
             self.queued_callbacks.pop(key, None)
+            self.queued_connection_tests.pop(key, None)
             try:
                 job = future.result()
             except Exception as exc:
@@ -161,14 +165,28 @@ class MailboxExecutor(BaseExecutor):
             except Exception as exc:  # workers still find the job on their next full LIST
                 log.warning("MailboxExecutor: could not bump the marker of queue %s: %s", name, exc)
 
-    def _enqueue(self, workload: ExecuteTask | ExecuteCallback) -> Job:
+    def _enqueue(self, workload: ExecuteTask | ExecuteCallback | TestConnection) -> Job:
         """Write one workload's manifest. A callback (deadline and other executor callbacks)
-        travels like a task, on the default queue: ``[operators] default_queue``."""
+        travels like a task, on the default queue: ``[operators] default_queue``; a connection
+        test on the queue its request names, or that default. A connection test's manifest
+        names the test only: its worker fetches the connection through the relay."""
         from airflow.configuration import conf
-        from airflow.executors.workloads import ExecuteTask
+        from airflow.executors.workloads import ExecuteTask, TestConnection
 
         assert self.mailbox and self.settings
         job_id = new_id()
+        default_queue = conf.get("operators", "default_queue", fallback="default") or "default"
+        if isinstance(workload, TestConnection):
+            return self._write(
+                job_id,
+                workload.queue or default_queue,
+                workload.key,
+                connection_test=ConnectionTest(
+                    id=str(workload.connection_test_id),
+                    connection_id=workload.connection_id,
+                    timeout=workload.timeout,
+                ),
+            )
         ti = workload.ti if isinstance(workload, ExecuteTask) else None
         if ti is not None:
             queue_name = ti.queue or "default"
@@ -180,20 +198,30 @@ class MailboxExecutor(BaseExecutor):
             }
         seal_key = SealKey.derive(self.settings.signing_key.seed(), job_id).public
         if ti is None:
-            queue_name = conf.get("operators", "default_queue", fallback="default") or "default"
+            queue_name = default_queue
             callback = workload.callback.model_dump(mode="json")
             callback["data"] = seal_callback_data(
                 callback.get("data") or {}, seal_key, self.mailbox.callback_context(job_id)
             )
             fields = {"callback": callback}
+        return self._write(
+            job_id,
+            queue_name,
+            workload.key,
+            dag_rel_path=str(workload.dag_rel_path),
+            bundle_info=workload.bundle_info.model_dump(mode="json"),
+            log_path=workload.log_path,
+            **fields,
+        )
+
+    def _write(self, job_id: str, queue_name: str, key: Any, **fields: Any) -> Job:
+        """Sign and write a manifest with the workload's ``fields``; the job that tracks it."""
+        assert self.mailbox and self.settings
         manifest = JobManifest(
             job_id=job_id,
             queue=queue_name,
             enqueued_at=time.time(),
-            dag_rel_path=str(workload.dag_rel_path),
-            bundle_info=workload.bundle_info.model_dump(mode="json"),
-            log_path=workload.log_path,
-            seal_key=seal_key,
+            seal_key=SealKey.derive(self.settings.signing_key.seed(), job_id).public,
             scheduler_version=__version__,
             **fields,
         )
@@ -205,9 +233,10 @@ class MailboxExecutor(BaseExecutor):
             ti_id=manifest.subject_id,
             queue=queue_name,
             manifest_key=manifest_key,
-            ti_key=workload.key,
+            ti_key=key,
             pool_slots=manifest.pool_slots,
             enqueued_at=manifest.enqueued_at,
+            connection_test=manifest.connection_test is not None,
         )
 
     # -- state -------------------------------------------------------------------------------
@@ -247,6 +276,15 @@ class MailboxExecutor(BaseExecutor):
         if self.reconciler:
             for job in self.reconciler.jobs.live_jobs_of(key):
                 self.reconciler.revoke(job.job_id, "revoked by the scheduler (queued too long)")
+
+    def fail_connection_test(self, key: ConnectionTestKey) -> None:
+        """The scheduler's reaper failed a connection test that outlived its timeout: as for
+        a revoked task, its job leaves the queue, workers are told not to start it, and the
+        relay refuses its calls, so it cannot report a late result over the reaper's."""
+        super().fail_connection_test(key)
+        if self.reconciler:
+            for job in self.reconciler.jobs.live_jobs_of(key):
+                self.reconciler.revoke(job.job_id, "connection test timed out (reaped by Airflow)")
 
     def try_adopt_task_instances(self, tis: Sequence[TaskInstance]) -> Sequence[TaskInstance]:
         """Adopt the tasks a dead scheduler had sent through the bucket: the job id is their

@@ -45,7 +45,12 @@ from edge_mailbox.mailbox.relaycodec import (
     open_callback_data,
     seal_answer,
 )
-from edge_mailbox.mailbox.routes import CALLBACK_DATA_PATH, allowed, is_run
+from edge_mailbox.mailbox.routes import (
+    CALLBACK_DATA_PATH,
+    allowed,
+    allowed_for_connection_test,
+    is_run,
+)
 from edge_mailbox.signer import SealError, SealKey, VerificationError
 
 log = logging.getLogger(__name__)
@@ -266,9 +271,16 @@ class Replayer:
             return error_answer(409, "the job has already finished")
         if call.path == CALLBACK_DATA_PATH and call.method == "GET":
             return self._callback_data(job, seal_key)
-        if not allowed(call.method, call.path, job.ti_id, task=job.ti_key, query=call.query):
+        method, path, query = call.method, call.path, call.query
+        if job.connection_test:
+            permitted = allowed_for_connection_test(method, path, job.ti_id, query)
+        else:
+            permitted = allowed(method, path, job.ti_id, task=job.ti_key, query=query)
+        if not permitted:
             log.warning("edge-mailbox: job %s: refused %s %s", job.job_id, call.method, call.path)
             return error_answer(403, f"{call.method} {call.path} is not a relayed route")
+        if job.connection_test:  # Airflow's connection-test routes take workload tokens only
+            return self._replay(call, self.mint_token(job.ti_id, "workload"), awaited).answer
         run = is_run(call.method, call.path, job.ti_id)
         if run:
             token = self.mint_token(job.ti_id, "workload")

@@ -85,6 +85,7 @@ class Reporter:
             raise ProtocolError("the claimed manifest is for another task instance")
         if manifest.callback:
             job.callback_data = manifest.callback.get("data")
+        job.connection_test = manifest.connection_test is not None
         job.claim = claim
         return job
 
@@ -105,7 +106,13 @@ class Reporter:
         # What was answered before this scheduler knew the job: never replayed again.
         job.answered = self.mailbox.answered_requests(job_id)
         job.high_water = max(job.answered, default="")
-        checkable = self.is_current is not None and manifest.callback is None
+        # A task's try only: a callback has no try, and a connection test's credentials are
+        # handed out once by the Execution API itself (a second fetch is refused, 409).
+        checkable = (
+            self.is_current is not None
+            and manifest.callback is None
+            and manifest.connection_test is None
+        )
         if checkable and not self.is_current(job.ti_id, job_id):
             log.warning(
                 "edge-mailbox: job %s (%s) is not a try Airflow is running: its claim and "
@@ -248,7 +255,11 @@ class Reporter:
 
 
 def ti_key(manifest: JobManifest) -> Any:
-    """The key Airflow knows the job's task instance (or callback) by."""
+    """The key Airflow knows the job's task instance (or callback, or connection test) by."""
+    if manifest.connection_test:
+        from airflow.models.connection_test import ConnectionTestKey
+
+        return ConnectionTestKey(id=manifest.subject_id)
     if manifest.callback:
         from airflow.models.callback import CallbackKey
 
