@@ -57,6 +57,10 @@ class Stack:
     logging_config_class: str | None = LOG_CONFIG_CLASS
     store: DevStore | None = None
     port: int = 0
+    # name -> (role, password): Airflow's SimpleAuthManager with these users, and the REST
+    # calls below as the first of them. None: every request is an admin's, no login.
+    users: dict[str, tuple[str, str]] | None = None
+    token: str | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     log_files: dict[str, Path] = field(default_factory=dict)
 
@@ -85,6 +89,14 @@ class Stack:
         self.port = free_ports(1)[0]
         self.home.mkdir()
         config = self._scheduler_config()
+        if self.users:
+            passwords = self.home / "passwords.json"
+            passwords.write_text(json.dumps({n: pw for n, (_, pw) in self.users.items()}))
+            config["core"].update(
+                simple_auth_manager_all_admins="False",
+                simple_auth_manager_users=",".join(f"{n}:{r}" for n, (r, _) in self.users.items()),
+                simple_auth_manager_passwords_file=passwords,
+            )
         for section, options in self.airflow_options.items():
             config.setdefault(section, {}).update(options)
         (self.home / "airflow.cfg").write_text(_ini(config))
@@ -268,13 +280,24 @@ class Stack:
 
     # -- the REST API ------------------------------------------------------------------------
 
+    def login(self, user: str) -> str:
+        """A token for ``user`` (of ``users``), as Airflow's login page gets one."""
+        assert self.users
+        body = json.dumps({"username": user, "password": self.users[user][1]}).encode()
+        request = urllib.request.Request(
+            f"{self.api}/auth/token", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["access_token"]
+
     def _request(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"}
+        if self.users:
+            self.token = self.token or self.login(next(iter(self.users)))
+            headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(
-            f"{self.api}{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
+            f"{self.api}{path}", data=data, method=method, headers=headers
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             payload = response.read()

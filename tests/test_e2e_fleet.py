@@ -1,8 +1,8 @@
-"""Steering workers through the bucket, for real: Airflow, SeaweedFS and two workers, the
-scheduler side's ``airflow edge-mailbox`` commands and the dashboard's API. Maintenance makes
-a worker take no new task while the other still does; queues and slots change at runtime
-and the next jobs follow; a shutdown drains a running task first; a forged command object is
-ignored."""
+"""Steering workers through the bucket, for real: Airflow (with real logins), SeaweedFS and two
+workers, the dashboard in Chromium and the scheduler side's ``airflow edge-mailbox`` commands.
+Maintenance makes a worker take no new task while the other still does; queues and slots
+change at runtime and the next jobs follow; a shutdown drains a running task first; a forged
+command object is ignored. Screenshots of the dashboard go to the test's output folder."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page, expect, sync_playwright
 
 from demo.stack import BIN, Stack
 from edge_mailbox.mailbox.models import Heartbeat, WorkerCommand, WorkerState
@@ -22,6 +23,7 @@ from edge_mailbox.signer import KeyRing, PublicKey, SigningKey
 pytestmark = pytest.mark.e2e
 DAGS = Path(__file__).parent / "dags_fleet"
 FAST = {"worker_heartbeat_interval": 2, "worker_poll_interval_idle": 1}
+USERS = {"admin": ("admin", secrets.token_urlsafe(12)), "viewer": ("viewer", "viewer-pw")}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,7 @@ def stack(seaweed, tmp_path_factory) -> Iterator[Stack]:
         dags_folder=DAGS,
         prefix=f"fleet-{secrets.token_hex(4)}",
         scheduler_options={"worker_check_interval": 2, "fleet_snapshot_interval": 2},
+        users=USERS,
     )
     stack.prepare(store=seaweed)
     for name in ("a", "b"):
@@ -66,6 +69,54 @@ def run(stack: Stack, dag_id: str, conf: dict | None = None) -> str:
     run_id = stack.trigger(dag_id, conf)
     assert stack.wait_for_run(dag_id, run_id, timeout=240) == "success"
     return run_id
+
+
+def badge(page: Page, worker: str):
+    return page.frame_locator("iframe").locator(f"tr[data-worker='{worker}'] .badge").first
+
+
+def maintenance_in_the_browser(page: Page, worker: str, on: bool, comment: str = "") -> None:
+    frame = page.frame_locator("iframe")
+    frame.locator(f"tr[data-worker='{worker}'] input[type=checkbox]").check()
+    frame.locator(f"button[data-action='maintenance-{'on' if on else 'off'}']").click()
+    if on:
+        frame.locator("#f-comment").fill(comment)
+    frame.locator("#dialog-ok").click()
+    expect(frame.locator("#toast")).to_contain_text("1 done", timeout=30_000)
+
+
+def test_the_dashboard_steers_a_worker_from_the_browser(stack: Stack, tmp_path: Path) -> None:
+    """Log in to Airflow, open the fleet page from the Admin menu's plugin route, see both
+    workers, put one in maintenance: it takes no new task while the other does; take it out."""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium")
+        page = browser.new_page(viewport={"width": 1500, "height": 800})
+        try:
+            page.goto(f"{stack.api}/plugin/edge-mailbox")
+            page.get_by_label("Username").fill("admin")
+            page.get_by_label("Password").fill(USERS["admin"][1])
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(lambda url: "/auth/" not in url, timeout=60_000)
+            page.goto(f"{stack.api}/plugin/edge-mailbox")
+            for worker in ("a", "b"):
+                expect(badge(page, worker)).to_have_text("idle", timeout=60_000)
+            page.screenshot(path=tmp_path / "fleet.png")
+
+            maintenance_in_the_browser(page, "a", True, "swap a disk")
+            expect(badge(page, "a")).to_have_text("maintenance", timeout=60_000)
+            page.screenshot(path=tmp_path / "maintenance.png")
+            hb = heartbeat(stack, "a")
+            assert "admin: swap a disk" in hb.maintenance_comment  # the Airflow user's name
+
+            run_id = run(stack, "fleet_fanout")
+            ran_on = {stack.xcom("fleet_fanout", run_id, f"where_{i}") for i in range(4)}
+            assert ran_on == {"b"}
+
+            maintenance_in_the_browser(page, "a", False)
+            expect(badge(page, "a")).not_to_have_text("maintenance", timeout=60_000)
+            page.screenshot(path=tmp_path / "back.png")
+        finally:
+            browser.close()
 
 
 def test_maintenance_keeps_new_tasks_off_one_worker_only(stack: Stack) -> None:
