@@ -132,7 +132,7 @@ def test_maintenance_keeps_new_tasks_off_one_worker_only(stack: Stack) -> None:
     assert heartbeat(stack, "a").state in (WorkerState.IDLE, WorkerState.RUNNING)
 
 
-def test_queues_and_slots_change_at_runtime(stack: Stack) -> None:
+def test_queues_and_slots_change_at_runtime(stack: Stack, tmp_path: Path) -> None:
     cli(stack, "maintenance", "b", "on", "--wait")  # only a may take the next jobs
     try:
         out = cli(stack, "queues", "a", "--add", "special", "--wait")
@@ -140,6 +140,10 @@ def test_queues_and_slots_change_at_runtime(stack: Stack) -> None:
         cli(stack, "concurrency", "a", "3", "--wait")
         hb = heartbeat(stack, "a")
         assert hb.queues == ["default", "special"] and hb.concurrency == 3
+        folder = tmp_path / "barrier"  # three tasks that meet: only with three slots
+        folder.mkdir()
+        run_id = run(stack, "fleet_barrier", {"folder": str(folder)})
+        assert {stack.xcom("fleet_barrier", run_id, f"meet_{i}") for i in range(3)} == {"a"}
         run_id = run(stack, "fleet_special")  # no worker served "special" before
         assert stack.xcom("fleet_special", run_id, "where") == "a"
 

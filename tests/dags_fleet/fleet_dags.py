@@ -46,6 +46,28 @@ def fleet_long():
     where()
 
 
+@dag(schedule=None, catchup=False, params={"folder": "/tmp"})
+def fleet_barrier():
+    """Three tasks that succeed only if all three run at once: each waits for the others."""
+    for i in range(3):
+
+        @task(task_id=f"meet_{i}")
+        def meet(params: dict | None = None, ti=None) -> str:
+            from pathlib import Path
+
+            folder = Path((params or {})["folder"])
+            (folder / ti.task_id).touch()
+            deadline = time.monotonic() + 120
+            while len(list(folder.iterdir())) < 3:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the other tasks did not run beside this one")
+                time.sleep(0.2)
+            return os.environ["EDGE_TEST_WORKER"]
+
+        meet()
+
+
 fleet_fanout()
 fleet_special()
 fleet_long()
+fleet_barrier()
