@@ -174,7 +174,8 @@ class Finder:
             self.host.refuse(refusal)
             return False
         bundle = str(manifest.bundle_info.get("name"))
-        if self.bundles is not None and bundle not in self.bundles:
+        needs_bundle = manifest.connection_test is None  # a connection test runs no DAG code
+        if needs_bundle and self.bundles is not None and bundle not in self.bundles:
             log.warning(
                 "not claiming job %s: it needs DAG bundle %r, and this worker has only %s "
                 "([dag_processor] dag_bundle_config_list must match the scheduler's)",
