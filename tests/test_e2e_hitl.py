@@ -71,8 +71,15 @@ def jobs_of(stack: Stack, dag_id: str, run_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def log_text(stack: Stack, dag_id: str, run_id: str, task_id: str) -> str:
-    return "\n".join(str(m.get("event", m)) for m in stack.task_log(dag_id, run_id, task_id))
+def log_with(stack: Stack, dag_id: str, run_id: str, task_id: str, line: str) -> str:
+    """The task's log as the UI shows it, once it holds ``line``: a run's state reaches
+    Airflow a moment before the worker uploads the end of its log."""
+
+    def text() -> str:
+        log = stack.task_log(dag_id, run_id, task_id)
+        return "\n".join(str(m.get("event", m)) for m in log)
+
+    return stack.wait_for(lambda: line in (found := text()) and found, 60, f"{line!r} in the log")
 
 
 def test_a_person_answers_through_the_rest_api_and_the_task_sees_it(stack: Stack) -> None:
@@ -123,9 +130,9 @@ def test_a_person_answers_through_the_rest_api_and_the_task_sees_it(stack: Stack
     value = stack.xcom("hitl_approval", run_id, "ask")
     value = json.loads(value) if isinstance(value, str) else value
     assert value["chosen_options"] == ["Ship"] and value["params_input"] == {"note": "line 3 ok"}
-    log = log_text(stack, "hitl_approval", run_id, "ask")
-    assert "Waiting for response" in log  # the first half, before the wait
+    log = log_with(stack, "hitl_approval", run_id, "ask", "answer on the edge: ['Ship']")
     assert "answer on the edge: ['Ship'], note 'line 3 ok'" in log  # the resumed half
+    assert "Waiting for response" in log  # the first half, before the wait
     # Both halves ran on the edge worker, as one try: claimed twice.
     claims = jobs_of(stack, "hitl_approval", run_id)
     assert [c["worker"] for c in claims] == [WORKER, WORKER]
@@ -142,7 +149,8 @@ def test_a_task_that_asks_for_a_fresh_interpreter_gets_one(stack: Stack) -> None
     assert "edge_mailbox.worker.fresh_runner" not in forked["runner"]
     assert fresh["preloaded"] is False  # nothing of the worker's preload in it
     assert "edge_mailbox.worker.fresh_runner" in fresh["runner"]
-    assert "runner " in log_text(stack, "fresh_or_forked", run_id, "fresh")
+    log = log_with(stack, "fresh_or_forked", run_id, "fresh", "preloaded=False, runner ")
+    assert "edge_mailbox.worker.fresh_runner" in log
     manifests = {
         c["manifest"]["ti"]["task_id"]: c["manifest"]
         for c in jobs_of(stack, "fresh_or_forked", run_id)
