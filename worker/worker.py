@@ -336,6 +336,7 @@ class Worker:
             self.settings.relay_deadline,
             stats_path,
             relay_wait=self.stats.typical_relay_wait(),
+            fresh_interpreter=self.settings.fresh_interpreter,
         )
         shipper = None
         if manifest.log_path and manifest.ti:  # before the fork: skips what the file held
