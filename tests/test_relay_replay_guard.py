@@ -148,7 +148,9 @@ def test_old_requests_and_ones_below_the_high_water_mark_are_refused(seaweed, pr
     r = reconciler(config, settings)
     r.start()
     try:
-        low = new_id()  # minted now: below every id the job mints later
+        # Its id's time a second back (its sent_at is now): below every id the job mints
+        # later, even within the same millisecond, where the ids' random part decides.
+        low = new_id(time.time() - 1)
         with httpx.Client(base_url=BASE_URL, transport=transport) as client:
             assert client.put(f"task-instances/{TI}/heartbeat", json={}).status_code == 200
         stale = forged_request(mailbox, transport, low, time.time())
